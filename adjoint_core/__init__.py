@@ -1,0 +1,40 @@
+"""adjoint-core: Adjoint Sampling of Boltzmann densities, a minimal core plus plugins.
+
+The core defines five interfaces (:class:`Energy`, :class:`StateSpace`,
+:class:`NoiseSchedule`, :class:`Model`, :class:`Buffer`) and the generic training loop
+:class:`AdjointSampler` that composes them. Concrete energies and equivariant networks come
+from plugins registered under the ``adjoint_core`` entry-point group.
+"""
+
+from .buffer import Buffer, ReplayBuffer
+from .energy import Energy
+from .gaussian import GaussianEnergy
+from .hookspecs import hookimpl
+from .models import MLP, Model
+from .registry import ConfigError, Registry, default_registry
+from .sampler import AdjointSampler, TrainSettings
+from .schedules import GeometricSchedule, LinearSchedule, NoiseSchedule
+from .spaces import EuclideanSpace, StateSpace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Energy",
+    "GaussianEnergy",
+    "AdjointSampler",
+    "TrainSettings",
+    "StateSpace",
+    "EuclideanSpace",
+    "NoiseSchedule",
+    "GeometricSchedule",
+    "LinearSchedule",
+    "Model",
+    "MLP",
+    "Buffer",
+    "ReplayBuffer",
+    "Registry",
+    "ConfigError",
+    "default_registry",
+    "hookimpl",
+    "__version__",
+]

@@ -1,0 +1,71 @@
+"""Hook specifications of the ``adjoint_core`` plugin system (pluggy).
+
+A plugin is a module (or object) listed under the ``adjoint_core`` entry-point group whose
+functions, decorated with :data:`hookimpl`, return ``{name: factory}`` dictionaries. A factory
+is a class or function called with the keyword parameters of a config section; if it has a
+parameter named ``space`` the already-built state space is passed in, and likewise ``energy``
+(so a model can size itself from the space and an energy can check it).
+
+Example ``pyproject.toml`` of a third-party plugin::
+
+    [project.entry-points.adjoint_core]
+    my_energies = "my_package.plugin"
+
+and ``my_package/plugin.py``::
+
+    from adjoint_core import hookimpl
+
+    @hookimpl
+    def register_energies():
+        return {"my_energy": MyEnergy}
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+PROJECT = "adjoint_core"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+__all__ = ["hookspec", "hookimpl", "PROJECT", "KINDS"]
+
+#: Component kinds, the hook that registers each, and the config section naming it.
+KINDS = {
+    "energy": "register_energies",
+    "space": "register_spaces",
+    "schedule": "register_schedules",
+    "model": "register_models",
+    "buffer": "register_buffers",
+    "metric": "register_metrics",
+}
+
+
+@hookspec
+def register_energies() -> dict:
+    """Return ``{name: factory}`` of :class:`~adjoint_core.Energy` factories."""
+
+
+@hookspec
+def register_spaces() -> dict:
+    """Return ``{name: factory}`` of :class:`~adjoint_core.StateSpace` factories."""
+
+
+@hookspec
+def register_schedules() -> dict:
+    """Return ``{name: factory}`` of :class:`~adjoint_core.NoiseSchedule` factories."""
+
+
+@hookspec
+def register_models() -> dict:
+    """Return ``{name: factory}`` of :class:`~adjoint_core.Model` factories."""
+
+
+@hookspec
+def register_buffers() -> dict:
+    """Return ``{name: factory}`` of :class:`~adjoint_core.Buffer` factories."""
+
+
+@hookspec
+def register_metrics() -> dict:
+    """Return ``{name: callable}`` of sample-quality metrics ``f(samples, reference, **kw)``."""

@@ -1,0 +1,119 @@
+"""Plots written by ``adjoint-core train`` into ``RUN_DIR/plots`` (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["plot_run", "plot_energy_histogram", "plot_loss", "plot_samples_2d"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_loss(history: list[dict], path: Path) -> None:
+    """Adjoint-matching loss and mean buffer energy per epoch."""
+    if not history:
+        return
+    plt = _plt()
+    ep = [r["epoch"] for r in history]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ax[0].semilogy(ep, [r["loss"] for r in history])
+    ax[0].set(xlabel="epoch", ylabel="adjoint-matching loss")
+    ax[1].plot(ep, [r["buffer_energy_mean"] for r in history])
+    ax[1].set(xlabel="epoch", ylabel="mean energy in buffer")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_energy_histogram(e_gen: np.ndarray, e_ref: np.ndarray | None, path: Path,
+                          title: str = "") -> None:
+    """Histogram of sample energies against the reference energies."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    pool = e_gen if e_ref is None else np.concatenate([e_gen, e_ref])
+    lo, hi = np.percentile(pool, [0.5, 99.5])
+    bins = np.linspace(lo, hi, 60)
+    if e_ref is not None:
+        ax.hist(e_ref, bins=bins, density=True, alpha=0.5, label="reference")
+    ax.hist(e_gen, bins=bins, density=True, histtype="step", lw=2, label="adjoint sampler")
+    ax.set(xlabel="energy", ylabel="density", title=title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_samples_2d(x: np.ndarray, energy, path: Path, reference: np.ndarray | None = None
+                    ) -> None:
+    """Samples of a 2-D target over the contours of its energy."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    pts = x if reference is None else np.concatenate([x, reference])
+    lo, hi = pts.min(0) - 1, pts.max(0) + 1
+    gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+    grid = torch.tensor(np.stack([gx.ravel(), gy.ravel()], -1), dtype=torch.float32)
+    with torch.no_grad():
+        e = energy._energy(grid).numpy().reshape(gx.shape)
+    ax.contour(gx, gy, -e / energy.temperature, levels=30, cmap="viridis", linewidths=0.6)
+    ax.scatter(x[:, 0], x[:, 1], s=2, c="C3", alpha=0.5, label="samples")
+    ax.set(title="samples over log-density contours")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_pair_distances(x: np.ndarray, reference: np.ndarray | None, path: Path) -> None:
+    """Histogram of interparticle distances (particle systems), samples vs reference."""
+    plt = _plt()
+
+    def dists(a: np.ndarray) -> np.ndarray:
+        i, j = np.triu_indices(a.shape[1], 1)
+        return np.linalg.norm(a[:, i] - a[:, j], axis=-1).ravel()
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    dg = dists(x)
+    bins = np.linspace(0, np.percentile(dg, 99.5) * 1.1, 80)
+    if reference is not None:
+        ax.hist(dists(reference), bins=bins, density=True, alpha=0.5, label="reference")
+    ax.hist(dg, bins=bins, density=True, histtype="step", lw=2, label="adjoint sampler")
+    ax.set(xlabel="interparticle distance", ylabel="density")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_run(out: Path, sampler, record: dict, reference: torch.Tensor | None,
+             samples: torch.Tensor | None = None, n: int = 2000) -> None:
+    """Write every plot of a run into ``out/plots``."""
+    plots = Path(out) / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    plot_loss(sampler.history, plots / "loss.png")
+    if samples is None:
+        gen = torch.Generator(device=sampler.device).manual_seed(sampler.seed + 12345)
+        samples = sampler.sample(n, generator=gen)
+    x = samples.detach().cpu()
+    with torch.no_grad():
+        e_gen = sampler.energy.energy(x).double().numpy()
+        ref = None if reference is None else reference[: x.shape[0]]
+        e_ref = None if ref is None else sampler.energy.energy(ref).double().numpy()
+    e_gen = e_gen[np.isfinite(e_gen)]
+    plot_energy_histogram(e_gen, e_ref, plots / "energy_hist.png", title=type(sampler.energy)
+                          .__name__)
+    if sampler.space.particle_shape is not None:
+        plot_pair_distances(x.numpy(), None if ref is None else ref.numpy(),
+                            plots / "pair_distances.png")
+    elif tuple(sampler.space.event_shape) == (2,):
+        plot_samples_2d(x.numpy(), sampler.energy, plots / "samples_2d.png",
+                        None if ref is None else ref.numpy())

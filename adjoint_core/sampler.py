@@ -1,0 +1,331 @@
+r"""The generic Adjoint Sampling loop (:class:`AdjointSampler`).
+
+One **epoch** is
+
+1. *simulate*: ``samples_per_epoch`` paths of the controlled SDE
+   ``dX = g² u_θ dt + g dW`` from the source, by Euler–Maruyama without gradients
+   (:func:`adjoint_core.sde.simulate`);
+2. *energy*: one energy-and-gradient evaluation per terminal sample ``x_1``, giving the
+   terminal adjoint ``a(x_1) = clip(∇E/τ) + ∇log p^base_1`` (:mod:`adjoint_core.adjoint`);
+   the pairs ``(x_1, a)`` go into the replay buffer;
+3. *train*: ``grad_steps_per_epoch`` Adam steps, each on ``train_batch_size`` buffer rows with
+   ``t ~ U(0, 1)`` and ``x_t`` drawn from the base bridge between the source and ``x_1``,
+   minimising ``mean (u_θ(t, x_t) + a(x_1))²``.
+
+The ratio of gradient steps to energy evaluations is reported (:attr:`AdjointSampler.counters`),
+as is the wall time of each phase (:attr:`AdjointSampler.timers`). All randomness of the loop
+(Brownian increments, times, bridge noise, buffer draws) comes from one ``torch.Generator``
+seeded by ``seed``, saved in :meth:`AdjointSampler.state_dict`; network initialisation uses
+the global torch seed, which the CLI sets from the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .adjoint import adjoint_matching_loss, terminal_adjoint
+from .buffer import Buffer, ReplayBuffer
+from .energy import Energy
+from .models import Model
+from .schedules import NoiseSchedule
+from .sde import simulate
+from .spaces import StateSpace
+
+__all__ = ["AdjointSampler", "TrainSettings", "NonFiniteEnergyError"]
+
+
+class NonFiniteEnergyError(RuntimeError):
+    """Raised under ``nonfinite="raise"`` when an energy or gradient is NaN or infinite."""
+
+
+class TrainSettings(BaseModel):
+    """Budgets and optimisation settings of an Adjoint Sampling run (validated).
+
+    Attributes:
+        n_epochs: Number of epochs (simulate → energy → train).
+        samples_per_epoch: New terminal samples (= energy evaluations) per epoch.
+        sim_batch_size: Paths simulated at once.
+        grad_steps_per_epoch: Regression steps per epoch.
+        train_batch_size: Buffer rows per regression step.
+        n_sde_steps: Euler–Maruyama steps (the grid has ``n_sde_steps + 1`` points).
+        lr: Adam learning rate.
+        max_grad_norm: Per-particle clipping threshold of ``∇E/τ`` (``None``: no clipping).
+        grad_clip: Clip the parameters' gradient norm (``None``: off).
+        init_samples: Terminal samples simulated before the first epoch (fills the buffer).
+        nonfinite: ``"drop"`` samples with NaN/inf energy or gradient (counted), or ``"raise"``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: int = Field(50, ge=0)
+    samples_per_epoch: int = Field(512, ge=1)
+    sim_batch_size: int = Field(512, ge=1)
+    grad_steps_per_epoch: int = Field(100, ge=0)
+    train_batch_size: int = Field(512, ge=1)
+    n_sde_steps: int = Field(200, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    max_grad_norm: float | None = Field(100.0, gt=0)
+    grad_clip: float | None = Field(None, gt=0)
+    init_samples: int = Field(0, ge=0)
+    nonfinite: Literal["drop", "raise"] = "drop"
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainSettings:
+        if self.sim_batch_size > self.samples_per_epoch:
+            self.sim_batch_size = self.samples_per_epoch
+        return self
+
+
+class AdjointSampler:
+    """Compose an energy, a state space, a schedule, a model and a buffer into a sampler.
+
+    Args:
+        energy: Target energy; its ``event_shape`` must equal the space's.
+        space: State space.
+        schedule: Base noise schedule.
+        model: Control network ``u_θ``.
+        buffer: Replay buffer (default :class:`ReplayBuffer` of 10,000 rows).
+        settings: :class:`TrainSettings` (or a dict of its fields).
+        seed: Seed of the loop's random generator.
+        device: Torch device for simulation and training.
+        optimizer: Optional optimizer over ``model.parameters()`` (default Adam(lr)).
+
+    Raises:
+        ValueError: If the components do not fit together (shapes, model/space capability).
+    """
+
+    def __init__(
+        self,
+        energy: Energy,
+        space: StateSpace,
+        schedule: NoiseSchedule,
+        model: Model,
+        buffer: Buffer | None = None,
+        settings: TrainSettings | dict | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        if tuple(energy.event_shape) != tuple(space.event_shape):
+            raise ValueError(
+                f"energy {energy!r} has event shape {energy.event_shape} but the state space "
+                f"{space!r} has {space.event_shape} (wrong particle count or dimension?)"
+            )
+        model.check_space(space)
+        self.energy = energy
+        self.space = space
+        self.schedule = schedule
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.buffer = buffer if buffer is not None else ReplayBuffer(10_000)
+        if isinstance(settings, dict):
+            settings = TrainSettings(**settings)
+        self.settings = settings or TrainSettings()
+        self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=self.settings.lr)
+        self.seed = int(seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.counters = {"epoch": 0, "energy_evals": 0, "model_evals": 0, "grad_steps": 0,
+                         "nonfinite_dropped": 0}
+        self.timers = {"simulate": 0.0, "energy": 0.0, "train": 0.0}
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ sampling
+    def _control(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.model(t, x)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, n_steps: int | None = None, batch_size: int | None = None,
+        path_weights: bool = False, generator: torch.Generator | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` samples by simulating the learned SDE.
+
+        Args:
+            n: Number of samples.
+            n_steps: Euler–Maruyama steps (default: the training value).
+            batch_size: Paths simulated at once (default: ``sim_batch_size``).
+            path_weights: Also return the running part of the path log-weights.
+            generator: Random generator (default: the sampler's own).
+
+        Returns:
+            Samples ``(n, *event_shape)``; with ``path_weights`` also ``log w`` without the
+            terminal cost, shape ``(n,)`` (see :mod:`adjoint_core.sde`).
+        """
+        n_steps = n_steps or self.settings.n_sde_steps
+        batch_size = batch_size or self.settings.sim_batch_size
+        gen = generator or self.generator
+        was_training = self.model.training
+        self.model.eval()
+        xs, lw = [], []
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            res = simulate(self._control, self.space, self.schedule, b, n_steps, gen,
+                           self.device, path_weights=path_weights)
+            self.counters["model_evals"] += res.n_model_evals * b
+            xs.append(res.x1)
+            lw.append(-res.control_cost - res.noise_cost)
+        self.model.train(was_training)
+        x = torch.cat(xs) if xs else self.space.origin(0, self.device)
+        return (x, torch.cat(lw)) if path_weights else x
+
+    def path_log_weights(self, n: int, **kw) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples and their full path log-weights ``log w`` (including ``-Φ(x_1)``).
+
+        Costs ``n`` energy evaluations (counted by the energy, not as training evaluations).
+        Returns ``(x1, log_w)`` of shapes ``(n, *event_shape)`` and ``(n,)``.
+        """
+        x, lw = self.sample(n, path_weights=True, **kw)
+        e = self.energy.energy(x).double()
+        phi = e / self.energy.temperature + self.space.base_log_prob(x, self.schedule).double()
+        return x, lw - phi
+
+    # ------------------------------------------------------------------ training
+    def collect(self, n: int) -> int:
+        """Simulate ``n`` terminal samples, evaluate their adjoints once, fill the buffer.
+
+        Returns:
+            Number of rows added (fewer than ``n`` if non-finite ones were dropped).
+
+        Raises:
+            NonFiniteEnergyError: Under ``nonfinite="raise"``.
+        """
+        t0 = time.perf_counter()
+        x1 = self.sample(n)
+        self.timers["simulate"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        a, e = terminal_adjoint(self.energy, self.space, self.schedule, x1,
+                                self.settings.max_grad_norm)
+        self.counters["energy_evals"] += n
+        ok = torch.isfinite(e) & torch.isfinite(a.flatten(1)).all(-1)
+        n_bad = int((~ok).sum())
+        if n_bad:
+            if self.settings.nonfinite == "raise":
+                raise NonFiniteEnergyError(
+                    f"epoch {self.counters['epoch']}: {n_bad} of {n} samples have a non-finite "
+                    f"energy or gradient (set train.nonfinite='drop' to skip them)"
+                )
+            self.counters["nonfinite_dropped"] += n_bad
+            x1, a, e = x1[ok], a[ok], e[ok]
+        if x1.shape[0]:
+            self.buffer.add(x1, a, energy=e)
+        self.timers["energy"] += time.perf_counter() - t0
+        return int(x1.shape[0])
+
+    def loss(self, batch: dict) -> torch.Tensor:
+        """Adjoint-matching loss on a buffer batch (fresh ``t`` and bridge noise)."""
+        x1 = batch["x1"].to(self.device)
+        a = batch["adjoint"].to(self.device)
+        t = torch.rand(x1.shape[0], generator=self.generator, device=self.device,
+                       dtype=x1.dtype)
+        xt = self.space.bridge_sample(x1, t, self.schedule, self.generator)
+        out = self.space.tangent(self.model(t, xt))
+        return adjoint_matching_loss(out, a)
+
+    def train_step(self) -> float:
+        """One Adam step on a fresh buffer batch; returns the loss."""
+        batch = self.buffer.sample(self.settings.train_batch_size, self.generator)
+        loss = self.loss(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.settings.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        self.optimizer.step()
+        self.counters["grad_steps"] += 1
+        self.counters["model_evals"] += batch["x1"].shape[0]
+        return float(loss.detach())
+
+    def train_epoch(self) -> dict:
+        """Run one epoch (simulate → energy → train); returns its log row."""
+        s = self.settings
+        if self.counters["epoch"] == 0 and s.init_samples and len(self.buffer) == 0:
+            self._collect_in_batches(s.init_samples)
+        self._collect_in_batches(s.samples_per_epoch)
+        if len(self.buffer) == 0:
+            raise NonFiniteEnergyError("replay buffer is empty: every sample had a non-finite "
+                                       "energy or gradient")
+        t0 = time.perf_counter()
+        self.model.train()
+        losses = [self.train_step() for _ in range(s.grad_steps_per_epoch)]
+        self.timers["train"] += time.perf_counter() - t0
+        self.counters["epoch"] += 1
+        row = {"epoch": self.counters["epoch"],
+               "loss": float(sum(losses) / len(losses)) if losses else math.nan,
+               "buffer_energy_mean": float(self.buffer.sample(
+                   min(len(self.buffer), 1024), self.generator)["energy"].mean()),
+               **{k: v for k, v in self.counters.items() if k != "epoch"}}
+        self.history.append(row)
+        return row
+
+    def _collect_in_batches(self, n: int) -> None:
+        bs = self.settings.sim_batch_size
+        for start in range(0, n, bs):
+            self.collect(min(bs, n - start))
+
+    def fit(
+        self, n_epochs: int | None = None,
+        callback: Callable[[AdjointSampler, dict], None] | None = None,
+        progress: bool = False,
+    ) -> list[dict]:
+        """Train for ``n_epochs`` (default: until ``settings.n_epochs`` epochs are done).
+
+        Args:
+            n_epochs: Epochs to run now; default runs the remaining ones of the budget.
+            callback: Called after every epoch with ``(sampler, row)`` (checkpoints, evals).
+            progress: Show a tqdm progress bar.
+
+        Returns:
+            The log rows of the epochs run.
+        """
+        if n_epochs is None:
+            n_epochs = max(self.settings.n_epochs - self.counters["epoch"], 0)
+        rows = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n_epochs, desc="adjoint sampling", unit="epoch")
+        for _ in range(n_epochs):
+            row = self.train_epoch()
+            rows.append(row)
+            if callback is not None:
+                callback(self, row)
+            if bar is not None:
+                bar.set_postfix(loss=f"{row['loss']:.3g}", E=f"{row['buffer_energy_mean']:.3g}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return rows
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        """Model, optimizer, buffer, RNG state, counters, timers and history."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "counters": dict(self.counters),
+            "timers": dict(self.timers),
+            "history": list(self.history),
+            "seed": self.seed,
+            "energy_evaluations": self.energy.n_evaluations,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore everything saved by :meth:`state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.counters.update(state["counters"])
+        self.timers.update(state["timers"])
+        self.history = list(state["history"])
+        self.energy.n_evaluations = int(state.get("energy_evaluations", 0))

@@ -1,0 +1,205 @@
+r"""State spaces: what a state is, how to keep it valid, and the base process on it.
+
+The Adjoint Sampling loop never touches coordinates directly; it asks the state space for
+
+* the source ``x_0`` (:meth:`StateSpace.origin`) and a standard Gaussian in the tangent space
+  (:meth:`StateSpace.noise`),
+* an Euler–Maruyama update ``x ← project(x + dx)`` (:meth:`StateSpace.step`),
+* a bridge sample of the base process ``X_t | X_0 = x_0, X_1 = x_1``
+  (:meth:`StateSpace.bridge_sample`),
+* the base terminal density ``p^base_1`` and its score ``∇ log p^base_1``
+  (:meth:`StateSpace.base_log_prob`, :meth:`StateSpace.base_score`),
+* the projection of vectors (targets, model outputs) onto the tangent space
+  (:meth:`StateSpace.tangent`).
+
+This is enough for Euclidean spaces (optionally centre-of-mass free), periodic boxes and
+tori (torsion angles): a periodic/torsional space overrides ``step`` (wrap), ``bridge_sample``
+(sample an image of ``x_1``, bridge in the ambient space, wrap) and the wrapped-normal
+``base_log_prob``/``base_score``; the loop does not change.
+
+Shapes: a state batch is ``(batch, *event_shape)``.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+from .schedules import NoiseSchedule
+
+__all__ = ["StateSpace", "EuclideanSpace"]
+
+
+class StateSpace(ABC):
+    """Abstract state space of the sampler.
+
+    Attributes:
+        event_shape: Shape of one state.
+        particle_shape: ``(n_particles, spatial_dim)`` for particle systems, else ``None``;
+            used for per-particle clipping and by equivariant models.
+    """
+
+    event_shape: tuple[int, ...]
+    particle_shape: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    @abstractmethod
+    def dim(self) -> int:
+        """Intrinsic dimension (degrees of freedom), e.g. ``(N-1)·d`` when mean-free."""
+
+    @abstractmethod
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Map an ambient point to a valid state (remove centre of mass, wrap, ...)."""
+
+    @abstractmethod
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:
+        """Project a vector (noise, drift, regression target) onto the tangent space."""
+
+    def origin(self, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        """The source ``x_0`` of the base process (a Dirac), shape ``(batch, *event_shape)``."""
+        return torch.zeros((batch, *self.event_shape), device=device, dtype=dtype)
+
+    def noise(
+        self, batch: int, generator: torch.Generator | None = None, device=None,
+        dtype=torch.float32,
+    ) -> torch.Tensor:
+        """Standard Gaussian in the tangent space, shape ``(batch, *event_shape)``."""
+        eps = torch.randn((batch, *self.event_shape), generator=generator, device=device,
+                          dtype=dtype)
+        return self.tangent(eps)
+
+    def step(self, x: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        """Euler–Maruyama update ``project(x + dx)``."""
+        return self.project(x + dx)
+
+    # ------------------------------------------------------------------ base process
+    def bridge_sample(
+        self, x1: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Sample ``X_t | X_0 = origin, X_1 = x1`` of the base process.
+
+        Args:
+            x1: Terminal states, shape ``(batch, *event_shape)``.
+            t: Times, shape ``(batch,)``.
+            schedule: The base process' noise schedule.
+            generator: Random generator.
+
+        Returns:
+            ``x_t``, shape ``(batch, *event_shape)``.
+        """
+        lam, std = schedule.bridge_coefficients(t)
+        shape = (-1,) + (1,) * len(self.event_shape)
+        eps = self.noise(x1.shape[0], generator, x1.device, x1.dtype)
+        return self.project(lam.view(shape) * x1 + std.view(shape) * eps)
+
+    @abstractmethod
+    def base_log_prob(self, x1: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
+        """``log p^base_1(x1)``, shape ``(batch,)``."""
+
+    @abstractmethod
+    def base_score(self, x1: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:
+        """``∇ log p^base_1(x1)``, shape of ``x1``."""
+
+    def sample_base(
+        self, batch: int, schedule: NoiseSchedule, generator: torch.Generator | None = None,
+        device=None, dtype=torch.float32,
+    ) -> torch.Tensor:
+        """Exact samples of the base terminal marginal ``p^base_1``."""
+        x0 = self.origin(batch, device, dtype)
+        return self.step(x0, math.sqrt(schedule.h1_squared) *
+                         self.noise(batch, generator, device, dtype))
+
+    # ------------------------------------------------------------------ I/O layout
+    def flatten(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, *event_shape) -> (batch, prod(event_shape))`` (the reference-data layout)."""
+        return x.reshape(x.shape[0], -1)
+
+    def unflatten(self, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`flatten`; raises a clear error on a wrong width."""
+        width = math.prod(self.event_shape)
+        if x.ndim != 2 or x.shape[1] != width:
+            raise ValueError(
+                f"expected samples of shape (N, {width}) for event shape {self.event_shape}, "
+                f"got {tuple(x.shape)}"
+            )
+        return x.reshape(x.shape[0], *self.event_shape)
+
+    @abstractmethod
+    def config(self) -> dict:
+        """Constructor arguments (for checkpoints)."""
+
+
+class EuclideanSpace(StateSpace):
+    r"""``R^D``, or ``N`` particles in ``R^d`` optionally with zero centre of mass.
+
+    With ``mean_free=True`` states live on the subspace ``Σ_i x_i = 0`` (unweighted centre of
+    geometry) of dimension ``(N-1)·d``; noise, drifts and targets are projected onto it, and
+    the base terminal density is ``N(0, h(1)² I)`` on that subspace:
+
+    .. math:: \log p^{base}_1(x) = -\frac{\|x\|^2}{2h(1)^2} - \frac{n}{2}\log(2\pi h(1)^2),
+              \qquad \nabla \log p^{base}_1(x) = -x / h(1)^2,
+
+    with ``n`` = :attr:`dim`.
+
+    Args:
+        n_particles: Number of particles ``N`` (use ``EuclideanSpace(dim=D)`` for plain vectors).
+        spatial_dim: Dimension ``d`` of each particle.
+        mean_free: Remove the centre of mass (particle systems only).
+        dim: Alternative to ``n_particles``/``spatial_dim`` for a flat ``R^D`` state.
+    """
+
+    def __init__(
+        self, n_particles: int | None = None, spatial_dim: int | None = None,
+        mean_free: bool = False, dim: int | None = None,
+    ) -> None:
+        if dim is not None:
+            if n_particles is not None or spatial_dim is not None or mean_free:
+                raise ValueError("give either dim=D, or n_particles and spatial_dim, not both")
+            if dim < 1:
+                raise ValueError(f"dim must be >= 1, got {dim}")
+            self.event_shape = (int(dim),)
+            self.particle_shape = None
+        else:
+            if n_particles is None or spatial_dim is None:
+                raise ValueError("EuclideanSpace needs dim=D or n_particles and spatial_dim")
+            if n_particles < 1 or spatial_dim < 1:
+                raise ValueError(
+                    f"n_particles and spatial_dim must be >= 1, got {n_particles}, {spatial_dim}"
+                )
+            if mean_free and n_particles < 2:
+                raise ValueError("mean_free needs at least 2 particles")
+            self.event_shape = (int(n_particles), int(spatial_dim))
+            self.particle_shape = self.event_shape
+        self.mean_free = bool(mean_free)
+
+    @property
+    def dim(self) -> int:  # noqa: D102
+        n = math.prod(self.event_shape)
+        return n - self.event_shape[1] if self.mean_free else n
+
+    def tangent(self, v: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return v - v.mean(dim=-2, keepdim=True) if self.mean_free else v
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        return self.tangent(x)
+
+    def base_log_prob(self, x1: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:  # noqa: D102
+        h1s = schedule.h1_squared
+        sq = self.project(x1).pow(2).flatten(1).sum(-1)
+        return -0.5 * sq / h1s - 0.5 * self.dim * math.log(2 * math.pi * h1s)
+
+    def base_score(self, x1: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:  # noqa: D102
+        return -self.project(x1) / schedule.h1_squared
+
+    def config(self) -> dict:  # noqa: D102
+        if self.particle_shape is None:
+            return {"dim": self.event_shape[0]}
+        return {"n_particles": self.event_shape[0], "spatial_dim": self.event_shape[1],
+                "mean_free": self.mean_free}
+
+    def __repr__(self) -> str:
+        return f"EuclideanSpace({', '.join(f'{k}={v}' for k, v in self.config().items())})"

@@ -1,0 +1,37 @@
+"""adjoint-core-particles: double-well, Lennard-Jones and Gaussian-mixture energies.
+
+Energies of the synthetic Adjoint Sampling / iDEM benchmarks (DW-4, LJ-13, LJ-55, GMM-40) as
+:class:`adjoint_core.Energy` subclasses, and loaders for their reference samples. Installing
+the distribution registers them with adjoint-core under the ``particles`` plugin.
+"""
+
+from .double_well import DoubleWellEnergy
+from .gaussian_mixture import SOFTPLUS_ONE, GaussianMixtureEnergy
+from .lennard_jones import LennardJonesEnergy
+from .presets import dw4, gmm40, lj13, lj55
+from .reference import (
+    REFERENCE_FILES,
+    REFERENCE_SHAPES,
+    find_reference,
+    load_named_reference,
+    load_reference,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DoubleWellEnergy",
+    "LennardJonesEnergy",
+    "GaussianMixtureEnergy",
+    "SOFTPLUS_ONE",
+    "dw4",
+    "lj13",
+    "lj55",
+    "gmm40",
+    "REFERENCE_FILES",
+    "REFERENCE_SHAPES",
+    "find_reference",
+    "load_reference",
+    "load_named_reference",
+    "__version__",
+]

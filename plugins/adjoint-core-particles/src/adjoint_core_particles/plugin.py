@@ -1,0 +1,41 @@
+"""The ``particles`` plugin of adjoint-core: registers this distribution's energies by name.
+
+Entry point (``pyproject.toml``)::
+
+    [project.entry-points.adjoint_core]
+    particles = "adjoint_core_particles.plugin"
+
+Registered energies: ``dw4``, ``lj13``, ``lj55``, ``gmm40`` (benchmark presets, see
+:mod:`adjoint_core_particles.presets`) and the general ``double_well``, ``lennard_jones``,
+``gaussian_mixture``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from adjoint_core import hookimpl
+
+from .double_well import DoubleWellEnergy
+from .gaussian_mixture import GaussianMixtureEnergy
+from .lennard_jones import LennardJonesEnergy
+from .presets import dw4, gmm40, lj13, lj55
+
+__all__ = ["register_energies", "ENERGIES"]
+
+#: Name → factory of every energy this plugin registers.
+ENERGIES: dict[str, Callable[..., object]] = {
+    "dw4": dw4,
+    "lj13": lj13,
+    "lj55": lj55,
+    "gmm40": gmm40,
+    "double_well": DoubleWellEnergy,
+    "lennard_jones": LennardJonesEnergy,
+    "gaussian_mixture": GaussianMixtureEnergy,
+}
+
+
+@hookimpl
+def register_energies() -> dict:
+    """Return ``{name: factory}`` of the particle and toy energies."""
+    return dict(ENERGIES)

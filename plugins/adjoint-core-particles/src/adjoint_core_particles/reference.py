@@ -1,0 +1,154 @@
+"""Reference (ground-truth) particle samples: locating the shared files and loading them.
+
+The DW-4 and LJ-13 validation sets of the iDEM/AS papers are stored as ``.npy`` arrays of
+shape ``(N, n_particles * spatial_dim)`` (flattened ``x1, y1, (z1,) x2, ...``). The DW-4 file
+is **not** mean-free, so :func:`load_reference` removes the centre of mass by default.
+
+:func:`find_reference` looks for a known file, in order, in
+
+1. ``$ADJOINT_CORE_DATA`` and ``$ADJOINT_CORE_DATA/particles``;
+2. ``../shared/data/particles`` relative to the current working directory;
+3. ``<ancestor>/shared/data/particles`` for every ancestor of the current working directory
+   and of this module's directory (so a ``shared/`` folder beside the repository root is
+   found from anywhere inside the repository).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "REFERENCE_FILES",
+    "REFERENCE_SHAPES",
+    "DATA_ENV_VAR",
+    "find_reference",
+    "load_reference",
+    "load_named_reference",
+]
+
+#: Environment variable naming a directory that holds the reference files.
+DATA_ENV_VAR = "ADJOINT_CORE_DATA"
+
+#: Known reference sets: name → file name.
+REFERENCE_FILES: dict[str, str] = {"dw4": "dw4_val.npy", "lj13": "lj13_val.npy"}
+
+#: Known reference sets: name → ``(n_particles, spatial_dim)``.
+REFERENCE_SHAPES: dict[str, tuple[int, int]] = {"dw4": (4, 2), "lj13": (13, 3)}
+
+
+def _search_dirs() -> list[Path]:
+    dirs: list[Path] = []
+    env = os.environ.get(DATA_ENV_VAR)
+    if env:
+        dirs += [Path(env), Path(env) / "particles"]
+    cwd = Path.cwd()
+    dirs.append(cwd.parent / "shared" / "data" / "particles")
+    for start in (Path(__file__).resolve().parent, cwd.resolve()):
+        for ancestor in (start, *start.parents):
+            dirs.append(ancestor / "shared" / "data" / "particles")
+    return dirs
+
+
+def find_reference(name: str) -> Path | None:
+    """Path of a known reference file, or ``None`` if it cannot be found.
+
+    Args:
+        name: A key of :data:`REFERENCE_FILES` (``"dw4"`` or ``"lj13"``).
+
+    Returns:
+        The first existing candidate (see the module docstring for the search order), or
+        ``None``.
+
+    Raises:
+        ValueError: If ``name`` is not a known reference set.
+    """
+    if name not in REFERENCE_FILES:
+        raise ValueError(
+            f"unknown reference set {name!r}; known: {', '.join(sorted(REFERENCE_FILES))}"
+        )
+    filename = REFERENCE_FILES[name]
+    for directory in _search_dirs():
+        candidate = directory / filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_reference(
+    path: str | os.PathLike,
+    n_particles: int,
+    spatial_dim: int,
+    mean_free: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Load reference samples from an ``.npy`` file.
+
+    Args:
+        path: ``.npy`` file of shape ``(N, n_particles * spatial_dim)`` (or already
+            ``(N, n_particles, spatial_dim)``).
+        n_particles: Particles per sample.
+        spatial_dim: Spatial dimension.
+        mean_free: Subtract each sample's centre of mass (unweighted mean over particles).
+        dtype: Floating dtype of the result.
+
+    Returns:
+        Samples of shape ``(N, n_particles, spatial_dim)``.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist.
+        ValueError: If the array's shape does not match; the message names the file, the
+            shape found and the shape expected.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference file {str(path)!r} does not exist")
+    arr = np.load(path, allow_pickle=False)
+    flat = n_particles * spatial_dim
+    if arr.ndim == 2 and arr.shape[1] == flat:
+        arr = arr.reshape(arr.shape[0], n_particles, spatial_dim)
+    elif not (arr.ndim == 3 and arr.shape[1:] == (n_particles, spatial_dim)):
+        raise ValueError(
+            f"reference file {str(path)!r} has shape {tuple(arr.shape)}; expected "
+            f"(N, {flat}) = (N, n_particles*spatial_dim) for n_particles={n_particles}, "
+            f"spatial_dim={spatial_dim} (or (N, {n_particles}, {spatial_dim}))"
+        )
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(
+            f"reference file {str(path)!r} holds dtype {arr.dtype}; expected floating point"
+        )
+    x = torch.from_numpy(np.ascontiguousarray(arr)).to(dtype)
+    if mean_free:
+        x = x - x.mean(dim=1, keepdim=True)
+    return x
+
+
+def load_named_reference(
+    name: str, mean_free: bool = True, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Find and load a known reference set (``"dw4"`` or ``"lj13"``).
+
+    Args:
+        name: A key of :data:`REFERENCE_FILES`.
+        mean_free: Subtract each sample's centre of mass.
+        dtype: Floating dtype of the result.
+
+    Returns:
+        Samples of shape ``(N, n_particles, spatial_dim)`` (see :data:`REFERENCE_SHAPES`).
+
+    Raises:
+        ValueError: If ``name`` is unknown.
+        FileNotFoundError: If the file is not found in any searched directory.
+    """
+    path = find_reference(name)
+    if path is None:
+        searched = ", ".join(str(d) for d in dict.fromkeys(_search_dirs()))
+        raise FileNotFoundError(
+            f"reference file {REFERENCE_FILES[name]!r} for {name!r} not found; set "
+            f"${DATA_ENV_VAR} to its directory (searched: {searched})"
+        )
+    n_particles, spatial_dim = REFERENCE_SHAPES[name]
+    return load_reference(path, n_particles, spatial_dim, mean_free=mean_free, dtype=dtype)
