@@ -45,7 +45,10 @@ def clip_per_particle(
     """
     if max_norm is None:
         return v
-    rows = v.reshape(v.shape[0], *particle_shape) if particle_shape else v.reshape(v.shape[0], 1, -1)
+    if particle_shape:
+        rows = v.reshape(v.shape[0], *particle_shape)
+    else:
+        rows = v.reshape(v.shape[0], 1, -1)
     norm = rows.norm(dim=-1, keepdim=True)
     scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
     return (rows * scale).reshape(v.shape)

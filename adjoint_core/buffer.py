@@ -29,8 +29,11 @@ class Buffer(ABC):
 
     @abstractmethod
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
-        """Draw ``batch_size`` rows uniformly; returns a dict of tensors of leading size
-        ``batch_size``."""
+        """Draw ``batch_size`` rows uniformly (with replacement).
+
+        Returns:
+            A dict of tensors of leading size ``batch_size``.
+        """
 
     @abstractmethod
     def __len__(self) -> int:
@@ -80,7 +83,8 @@ class ReplayBuffer(Buffer):
                 for k, v in rows.items()
             }
         elif set(rows) != set(self._data):
-            raise ValueError(f"buffer fields {sorted(rows)} differ from stored {sorted(self._data)}")
+            raise ValueError(
+                f"buffer fields {sorted(rows)} differ from stored {sorted(self._data)}")
         if n >= self.capacity:  # keep only the newest rows
             rows = {k: v[-self.capacity:] for k, v in rows.items()}
             n = self.capacity

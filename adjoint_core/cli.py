@@ -105,13 +105,13 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     rows = [(e.kind, e.name, e.distribution, e.plugin, e.target) for e in reg.entries()]
     if args.json:
         print(json.dumps({"components": [dict(zip(("kind", "name", "distribution", "plugin",
-                                                        "target"), r)) for r in rows],
+                                                        "target"), r, strict=True)) for r in rows],
                           "failures": [f.__dict__ for f in reg.failures]}, indent=2))
         return 0
     head = ("KIND", "NAME", "DISTRIBUTION", "PLUGIN", "TARGET")
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(5)]
     for r in [head, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     for f in reg.failures:
         print(f"FAILED plugin {f.plugin!r} from {f.distribution}: {f.error}")
     return 0

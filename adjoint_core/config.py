@@ -110,7 +110,8 @@ def load_config(path: str | Path | dict) -> RunConfig:
             raise ConfigError(f"config {p} is not valid YAML: {exc}") from None
         source = str(p)
         if not isinstance(data, dict):
-            raise ConfigError(f"config {p} must be a mapping of sections, got {type(data).__name__}")
+            raise ConfigError(
+                f"config {p} must be a mapping of sections, got {type(data).__name__}")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

@@ -34,7 +34,8 @@ class GaussianEnergy(Energy):
         cov = torch.as_tensor(cov, dtype=torch.float64)
         d = mean.numel()
         if cov.shape != (d, d):
-            raise ValueError(f"cov must have shape ({d}, {d}) to match mean, got {tuple(cov.shape)}")
+            raise ValueError(
+                f"cov must have shape ({d}, {d}) to match mean, got {tuple(cov.shape)}")
         if not torch.allclose(cov, cov.T):
             raise ValueError("cov must be symmetric")
         try:

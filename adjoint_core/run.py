@@ -1,5 +1,7 @@
-"""Config-driven runs: build a sampler from a :class:`~adjoint_core.config.RunConfig`, train it
-with checkpoints and evaluations into a run directory, and reload it for sampling.
+"""Config-driven runs: build, train (with checkpoints and evaluations) and reload samplers.
+
+A :class:`~adjoint_core.config.RunConfig` is trained into a run directory and reloaded from it
+for sampling.
 
 Run directory layout::
 
@@ -121,7 +123,7 @@ def _reference_for(cfg: RunConfig, sampler: AdjointSampler, config_dir: Path | N
     if cfg.eval.reference:
         return load_reference(resolve_path(cfg.eval.reference, config_dir), sampler.space)
     exact = getattr(sampler.energy, "sample", None)
-    if callable(exact):  # energies with exact samplers (e.g. Gaussian mixtures) are their own reference
+    if callable(exact):  # energies with exact samplers (Gaussian mixtures) are their own reference
         return sampler.space.project(exact(max(cfg.eval.n_samples, 2),
                                            torch.Generator().manual_seed(cfg.seed + 1)))
     return None

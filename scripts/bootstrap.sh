@@ -16,9 +16,9 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 echo "[bootstrap] installing core + plugins into .venv"
-.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 args=(-c constraints.txt -e ".[dev]")
 for p in plugins/*/; do args+=(-e "$p"); done
-.venv/bin/python -m pip install --quiet "${args[@]}"
+.venv/bin/python -m pip install --quiet "${args[@]}" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 echo "$want" > "$stamp"
 echo "[bootstrap] done: $(.venv/bin/python -c 'import adjoint_core, torch; print("adjoint_core", adjoint_core.__version__, "torch", torch.__version__)')"
