@@ -29,7 +29,7 @@ class CheckpointError(RuntimeError):
 
 def environment_versions() -> dict[str, str]:
     """Versions of torch, adjoint-core and every installed ``adjoint_core`` plugin distribution."""
-    out = {"torch": torch.__version__}
+    out = {"torch": str(torch.__version__)}
     for ep in im.entry_points(group="adjoint_core"):
         if ep.dist is not None:
             out[ep.dist.name] = ep.dist.version
