@@ -234,6 +234,11 @@ def test_parallel_matches_serial():
     serial = M.aligned_distance_matrix(x, y, protocol="papers", n_jobs=1)
     parallel = M.aligned_distance_matrix(x, y, protocol="papers", n_jobs=2)
     assert np.array_equal(serial, parallel)
+    x13 = rng.standard_normal((45, 13, 3))  # 2025 pairs: above the search pool threshold
+    y13 = rng.standard_normal((45, 13, 3))
+    serial = M.aligned_distance_matrix(x13, y13, protocol="invariant", n_jobs=1)
+    parallel = M.aligned_distance_matrix(x13, y13, "invariant", n_jobs=2, progress=True)
+    assert np.array_equal(serial, parallel)
 
 
 # --------------------------------------------------------------------------- geometric W2
