@@ -167,10 +167,13 @@ def train_run(
             return
         t0 = time.perf_counter()
         gen = torch.Generator(device=sampler.device).manual_seed(cfg.seed + 12345)
-        x = sampler.sample(cfg.eval.n_samples, n_steps=cfg.eval.n_sde_steps, generator=gen)
+        x, log_w = sampler.path_log_weights(cfg.eval.n_samples, n_steps=cfg.eval.n_sde_steps,
+                                            generator=gen)
         res = evaluate_samples(x.cpu(), reference, sampler.energy, sampler.space,
                                cfg.eval.n_samples, cfg.eval.geometric_samples,
                                tuple(cfg.eval.protocols), seed=cfg.seed)
+        finite = torch.isfinite(log_w)
+        res["path_ess"] = metrics.path_ess(log_w[finite].cpu().numpy()) if finite.any() else 0.0
         eval_time += time.perf_counter() - t0
         res = {"tag": tag, "epoch": sampler.counters["epoch"], **res}
         record["evaluations"].append(res)

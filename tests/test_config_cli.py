@@ -106,6 +106,7 @@ def test_train_sample_evaluate_and_resume(tmp_path, capsys):
     assert set(rec["timers"]) == {"simulate", "energy", "train", "evaluate"}
     final = rec["evaluations"][-1]
     assert {"energy_w2", "geometric_w2_papers", "geometric_w2_invariant"} <= set(final)
+    assert 0.0 <= final["path_ess"] <= 1.0
     # resume: a longer budget continues from epoch 2
     cfg_path.write_text(yaml.safe_dump(_with(eval={**TINY["eval"], "reference": str(ref)},
                                              train__n_epochs=3)))
