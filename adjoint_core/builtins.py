@@ -13,9 +13,11 @@ from .schedules import GeometricSchedule, LinearSchedule
 from .spaces import EuclideanSpace, StateSpace
 
 
-def mlp(space: StateSpace, hidden: int = 128, n_layers: int = 3, time_dim: int = 64) -> MLP:
+def mlp(space: StateSpace, hidden: int = 128, n_layers: int = 3, time_dim: int = 64,
+        input_scale: float = 1.0) -> MLP:
     """Build an :class:`~adjoint_core.MLP` sized from the state space."""
-    return MLP(math.prod(space.event_shape), hidden=hidden, n_layers=n_layers, time_dim=time_dim)
+    return MLP(math.prod(space.event_shape), hidden=hidden, n_layers=n_layers, time_dim=time_dim,
+               input_scale=input_scale)
 
 
 @hookimpl

@@ -74,21 +74,28 @@ class FourierTimeEmbedding(nn.Module):
 class MLP(Model):
     """Fully connected control network for flat (non-particle) targets.
 
-    ``u_θ(t, x) = MLP([x, emb(t)])`` with SiLU activations; the last layer is zero-initialised
-    so the untrained sampler is exactly the base process.
+    ``u_θ(t, x) = MLP([x / s, emb(t)])`` with SiLU activations; the last layer is
+    zero-initialised so the untrained sampler is exactly the base process. The input scale ``s``
+    keeps the network's inputs of order one for targets spread over large coordinates (e.g.
+    ``s = σ_max``; GMM-40 spans ``[-40, 40]²``).
 
     Args:
         dim: Flat state dimension ``D`` (``prod(event_shape)``).
         hidden: Width of hidden layers.
         n_layers: Number of hidden layers.
         time_dim: Width of the Fourier time embedding.
+        input_scale: ``s > 0``, divides the state before the first layer.
     """
 
-    def __init__(self, dim: int, hidden: int = 128, n_layers: int = 3, time_dim: int = 64) -> None:
+    def __init__(self, dim: int, hidden: int = 128, n_layers: int = 3, time_dim: int = 64,
+                 input_scale: float = 1.0) -> None:
         super().__init__()
         if dim < 1 or hidden < 1 or n_layers < 1:
             raise ValueError(f"MLP needs dim, hidden, n_layers >= 1, got {dim}, {hidden}, "
                              f"{n_layers}")
+        if not input_scale > 0:
+            raise ValueError(f"MLP input_scale must be > 0, got {input_scale}")
+        self.input_scale = float(input_scale)
         self.dim = int(dim)
         self.time = FourierTimeEmbedding(time_dim)
         layers: list[nn.Module] = []
@@ -110,5 +117,5 @@ class MLP(Model):
 
     def forward(self, t, x, context=None):  # noqa: D102
         flat = x.reshape(x.shape[0], -1)
-        out = self.net(torch.cat([flat, self.time(t.to(flat.dtype))], dim=-1))
+        out = self.net(torch.cat([flat / self.input_scale, self.time(t.to(flat.dtype))], dim=-1))
         return out.reshape(x.shape)
