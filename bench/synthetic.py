@@ -1,0 +1,111 @@
+"""Synthetic benchmark: train one system, sample 2,000 points, evaluate, print/write JSON.
+
+Usage (from the repository root)::
+
+    .venv/bin/python bench/synthetic.py dw4 --budget cpu      # examples/dw4_cpu.yaml
+    .venv/bin/python bench/synthetic.py lj13 --budget paper   # examples/lj13_paper.yaml (GPU-sized)
+    .venv/bin/python bench/synthetic.py gmm40 --budget cpu --epochs 2   # quick smoke run
+
+Protocol (fixed): after training, 2,000 samples are drawn with a fixed generator and compared
+with 2,000 reference samples (a seeded subset of ``../shared/data/particles/<system>_val.npy``;
+GMM-40: exact samples of the mixture). Reported: energy W2; geometric W2 with the papers'
+protocol and with the invariant protocol on all 2,000 (particles), or Euclidean W2 (GMM-40);
+path ESS of the 2,000 simulated paths; energy evaluations, model evaluations, gradient steps;
+wall time per phase (simulate / energy / train / evaluate). Results go to
+``bench/results/<system>_<budget>.json`` and the run directory ``runs/bench/<system>_<budget>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from adjoint_core import metrics
+from adjoint_core.config import load_config
+from adjoint_core.run import _reference_for, evaluate_samples, load_run, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("system", choices=["dw4", "lj13", "lj55", "gmm40"])
+    p.add_argument("--budget", choices=["cpu", "paper"], default="cpu")
+    p.add_argument("--epochs", type=int, default=None, help="override train.n_epochs")
+    p.add_argument("--n-samples", type=int, default=2000)
+    p.add_argument("--out", default=None, help="JSON path (default bench/results/...)")
+    p.add_argument("--run-dir", default=None)
+    p.add_argument("--fresh", action="store_true", help="delete an existing run dir first")
+    args = p.parse_args()
+
+    name = f"{args.system}_{args.budget}"
+    cfg_path = ROOT / "examples" / f"{name}.yaml"
+    cfg = load_config(cfg_path)
+    if args.epochs is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
+            update={"n_epochs": args.epochs})})
+    if cfg.eval.reference:  # resolve against examples/ like the CLI does
+        ref = Path(cfg.eval.reference)
+        if not ref.is_absolute() and not ref.exists():
+            cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(
+                update={"reference": str((cfg_path.parent / ref).resolve())})})
+    run_dir = Path(args.run_dir or ROOT / "runs" / "bench" / name)
+    if args.fresh and run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+
+    t0 = time.perf_counter()
+    record = train_run(cfg, run_dir, progress=True)
+    train_wall = time.perf_counter() - t0
+
+    sampler = load_run(run_dir)
+    reference = _reference_for(cfg, sampler, None)
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(2024)
+    x, log_w = sampler.path_log_weights(args.n_samples, generator=gen)
+    res: dict = {"path_ess": metrics.path_ess(log_w[torch.isfinite(log_w)].numpy())}
+    if reference is not None:
+        res.update(evaluate_samples(x, reference, sampler.energy, sampler.space,
+                                    args.n_samples, args.n_samples, ("papers", "invariant"),
+                                    seed=cfg.seed))
+    else:
+        with torch.no_grad():
+            e = sampler.energy.energy(x).double()
+        res.update({"energy_mean": float(e[torch.isfinite(e)].mean()),
+                    "nonfinite_energies": float((~torch.isfinite(e)).sum()),
+                    "note": "no reference samples for this system: W2 metrics not computed"})
+    eval_wall = time.perf_counter() - t0
+
+    c = record["counters"]
+    out = {
+        "system": args.system,
+        "budget": args.budget,
+        "config": str(cfg_path.relative_to(ROOT)),
+        "epochs": c["epoch"],
+        "metrics": res,
+        "counts": {"energy_evals": c["energy_evals"], "model_evals": c["model_evals"],
+                   "grad_steps": c["grad_steps"],
+                   "grad_steps_per_energy_eval": c["grad_steps"] / max(c["energy_evals"], 1),
+                   "nonfinite_dropped": c["nonfinite_dropped"]},
+        "wall_time_s": {**{k: round(v, 2) for k, v in record["timers"].items()},
+                        "final_evaluation": round(eval_wall, 2),
+                        "train_command_total": round(train_wall, 2)},
+        "training_evaluations": record["evaluations"],
+        "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "torch": str(torch.__version__), "device": cfg.device},
+    }
+    path = Path(args.out or ROOT / "bench" / "results" / f"{name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out["metrics"] | out["counts"] | {"wall_time_s": out["wall_time_s"]},
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Print the synthetic-benchmark results (bench/results/*.json) as a Markdown table.
+
+Usage: ``.venv/bin/python bench/table.py`` (prints to stdout; the README table is pasted from it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Adjoint Sampling (Havens et al. 2025) Table 1 as quoted by ASBS: geometric W2 / energy W2.
+PUBLISHED = {
+    "dw4": (0.62, 0.55),
+    "lj13": (1.67, 2.40),
+    "lj55": (4.04, 30.83),
+}
+
+
+def fmt(x, nd=3):
+    return "—" if x is None else f"{x:.{nd}g}"
+
+
+def main() -> None:
+    rows = []
+    for path in sorted((Path(__file__).parent / "results").glob("*.json")):
+        r = json.loads(path.read_text())
+        m, c, w = r["metrics"], r["counts"], r["wall_time_s"]
+        pub = PUBLISHED.get(r["system"])
+        rows.append("| " + " | ".join([
+            r["system"], r["budget"], str(r["epochs"]),
+            fmt(m.get("geometric_w2_papers")), fmt(m.get("geometric_w2_invariant")),
+            fmt(m.get("euclidean_w2")), fmt(m.get("energy_w2")), fmt(m.get("path_ess")),
+            f"{pub[0]} / {pub[1]}" if pub else "—",
+            f"{c['energy_evals']:,}", f"{c['grad_steps']:,}",
+            f"{w['simulate']:.0f} / {w['energy']:.1f} / {w['train']:.0f}",
+        ]) + " |")
+    print("| system | budget | epochs | geom. W2 (papers) | geom. W2 (invariant) | Eucl. W2 | "
+          "energy W2 | path ESS | AS paper geom./energy W2 | energy evals | grad steps | "
+          "wall s simulate / energy / train |")
+    print("|" + " --- |" * 12)
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
