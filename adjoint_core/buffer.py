@@ -97,7 +97,8 @@ class ReplayBuffer(Buffer):
     def sample(self, batch_size, generator=None) -> dict:  # noqa: D102
         if self._size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
-        idx = torch.randint(self._size, (batch_size,), generator=generator)
+        device = generator.device if generator is not None else self.device
+        idx = torch.randint(self._size, (batch_size,), generator=generator, device=device)
         return {k: v[idx.to(self.device)] for k, v in self._data.items()}
 
     def tensors(self) -> dict[str, torch.Tensor]:

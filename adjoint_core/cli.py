@@ -6,12 +6,17 @@ Commands::
     adjoint-core sample RUN_DIR --num-samples N --out FILE.npy
     adjoint-core evaluate FILE.npy --reference REF.npy --energy NAME [--out FILE.json]
     adjoint-core plugins
+
+``train`` also runs data-parallel under ``torchrun --nproc-per-node N adjoint-core train …``
+(or ``python -m torch.distributed.run … -m adjoint_core.cli train …``): rank 0 alone prints,
+shows the progress bar and writes the run directory (see ``docs/scaling.md``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -31,11 +36,21 @@ def _parse_value(text: str):
         return text
 
 
+def _rank() -> int:
+    """This process's rank under ``torchrun`` (0 otherwise)."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    """``adjoint-core train``."""
+    """``adjoint-core train`` (data-parallel under ``torchrun``; only rank 0 prints)."""
     from .run import train_run
 
     record = train_run(args.config, args.out, progress=not args.no_progress)
+    if _rank() != 0:
+        return 0
     summary = {
         "run_dir": str(args.out),
         "evaluations": record["evaluations"],
@@ -164,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ConfigError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        rank = f"[rank {_rank()}] " if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
+        print(f"{rank}error: {exc}", file=sys.stderr)
         return 2
 
 

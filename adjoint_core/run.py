@@ -11,6 +11,12 @@ Run directory layout::
     RUN_DIR/plots/*.png            loss curve, energy histogram, 2-D sample plots
 
 Re-running ``train`` on an existing run directory resumes from ``latest.pt``.
+
+Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE > 1`` in the environment) :func:`train_run`
+initialises ``torch.distributed`` and trains data-parallel (:mod:`adjoint_core.distributed`);
+only rank 0 reads and writes the run directory and logs. The checkpoint holds rank 0's full
+state plus the other ranks' buffer shards and generators, so it resumes with any number of
+processes, including a plain single-process ``train``.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 import torch
 import yaml
 
-from . import metrics
+from . import distributed, metrics
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, build_components, load_config
 from .energy import Energy
@@ -35,12 +41,28 @@ from .spaces import StateSpace
 __all__ = ["build_sampler", "train_run", "load_run", "evaluate_samples", "load_reference"]
 
 
-def build_sampler(cfg: RunConfig, registry: Registry | None = None) -> AdjointSampler:
-    """Build an :class:`AdjointSampler` from a validated config (seeds the model init)."""
+def build_sampler(cfg: RunConfig, registry: Registry | None = None,
+                  dist_ctx: distributed.DistContext | None = None) -> AdjointSampler:
+    """Build an :class:`AdjointSampler` from a validated config (seeds the model init).
+
+    Args:
+        cfg: The run config.
+        registry: Component registry (default: the installed plugins).
+        dist_ctx: Under ``torchrun``, this process's context: the sampler trains on its device
+            and data-parallel (a collective: every rank must call this).
+
+    Returns:
+        The sampler.
+    """
     torch.manual_seed(cfg.seed)
     c = build_components(cfg, registry)
+    if dist_ctx is not None:
+        device: str | torch.device = dist_ctx.device
+    else:
+        device = distributed.resolve_device("auto") if cfg.device == "auto" else cfg.device
     return AdjointSampler(c["energy"], c["space"], c["schedule"], c["model"], c["buffer"],
-                          settings=cfg.train, seed=cfg.seed, device=cfg.device)
+                          settings=cfg.train, seed=cfg.seed, device=device,
+                          distributed=dist_ctx is not None)
 
 
 def _config_dict(cfg: RunConfig) -> dict:
@@ -135,8 +157,12 @@ def train_run(
 ) -> dict[str, Any]:
     """Train (or resume) a run described by ``config`` into the run directory ``out``.
 
+    Launched by ``torchrun`` with ``WORLD_SIZE > 1``, this initialises the process group,
+    trains data-parallel and destroys the group at the end; only rank 0 logs, shows the
+    progress bar and writes files. Otherwise ``torch.distributed`` is not used.
+
     Returns:
-        The content written to ``metrics.json``.
+        The content written to ``metrics.json`` (on every rank: rank 0 broadcasts it).
     """
     config_dir = None
     if not isinstance(config, RunConfig):
@@ -144,26 +170,63 @@ def train_run(
         cfg = load_config(config)
     else:
         cfg = config
-    out = Path(out)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if not distributed.launched_by_torchrun():
+        return _train(cfg, config_dir, Path(out), registry, progress, log, None)
+    ctx = distributed.init_from_env(cfg.device)
+    try:
+        return _train(cfg, config_dir, Path(out), registry, progress and ctx.is_main,
+                      log if ctx.is_main else _silent, ctx)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """The log function of ranks other than 0."""
+
+
+def _train(
+    cfg: RunConfig, config_dir: Path | None, out: Path, registry: Registry | None,
+    progress: bool, log, ctx: distributed.DistContext | None,
+) -> dict[str, Any]:
+    """Body of :func:`train_run`; ``ctx`` is ``None`` for a single process."""
+    main = ctx is None or ctx.is_main
     cfg_dict = _config_dict(cfg)
-    sampler = build_sampler(cfg, registry)
-    reference = _reference_for(cfg, sampler, config_dir)  # fail early on a bad reference file
+    if main:
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    sampler = build_sampler(cfg, registry, ctx)
+    # fail early (on every rank) on a bad reference file; only rank 0 keeps the reference
+    reference = distributed.run_on_main(ctx, lambda: _reference_for(cfg, sampler, config_dir))
     ckpt = out / "checkpoints" / "latest.pt"
     metrics_path = out / "metrics.json"
     record: dict[str, Any] = {"config": cfg_dict, "evaluations": []}
-    if ckpt.exists():
+
+    def read_checkpoint() -> dict | None:
+        nonlocal record
+        if not ckpt.exists():
+            return None
         payload = load_checkpoint(ckpt, expected_config=cfg_dict)
-        sampler.load_state_dict(payload["state"])
         if metrics_path.exists():
             record = json.loads(metrics_path.read_text())
+        return payload["state"]
+
+    state = distributed.run_on_main(ctx, read_checkpoint)
+    if ctx is not None:  # rank 0 sends every rank its part of the checkpoint
+        resuming = distributed.broadcast_object(state is not None)
+        if resuming:
+            parts = None if state is None else [
+                AdjointSampler.state_for_rank(state, r, ctx.world_size)
+                for r in range(ctx.world_size)]
+            state = distributed.scatter_objects(parts)
+    if state is not None:
+        sampler.load_state_dict(state)
         log(f"resuming {out} from epoch {sampler.counters['epoch']}")
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+    if main:
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
     eval_time = record.get("timers", {}).get("evaluate", 0.0)
 
     def evaluate(tag: str) -> None:
         nonlocal eval_time
-        if reference is None:
+        if reference is None or not main:
             return
         t0 = time.perf_counter()
         gen = torch.Generator(device=sampler.device).manual_seed(cfg.seed + 12345)
@@ -182,7 +245,7 @@ def train_run(
         return x
 
     def write_record() -> None:
-        record.update({"history": sampler.history, "counters": sampler.counters,
+        record.update({"history": sampler.history, "counters": dict(sampler.counters),
                        "timers": {**sampler.timers, "evaluate": eval_time}})
         c = sampler.counters
         record["grad_steps_per_energy_eval"] = c["grad_steps"] / max(c["energy_evals"], 1)
@@ -198,20 +261,57 @@ def train_run(
         if cfg.eval.every and e % cfg.eval.every == 0 and e < cfg.train.n_epochs:
             evaluate("periodic")
         if e % cfg.checkpoint_every == 0 or e == cfg.train.n_epochs:
-            save_checkpoint(ckpt, s.state_dict(), cfg_dict)
-            write_record()
+            state = s.gather_state_dict()  # a collective when distributed
+            if main:
+                save_checkpoint(ckpt, state, cfg_dict)
+                write_record()
 
+    timers_at_start = dict(sampler.timers)
     sampler.fit(callback=on_epoch, progress=progress)
-    final = [r for r in record["evaluations"] if r["tag"] == "final"]
+    record["distributed"] = _distributed_summary(sampler, ctx, timers_at_start)
+    if not record["distributed"]["parameters_in_sync"]:
+        log("warning: the ranks' parameters differ at the end of training "
+            f"({record['distributed']['parameter_digests']})")
     x = None
-    if not final or final[-1]["epoch"] != sampler.counters["epoch"]:
-        x = evaluate("final")
-    write_record()
-    save_checkpoint(ckpt, sampler.state_dict(), cfg_dict)
-    from .plotting import plot_run
+    if main:
+        final = [r for r in record["evaluations"] if r["tag"] == "final"]
+        if not final or final[-1]["epoch"] != sampler.counters["epoch"]:
+            x = evaluate("final")
+    state = sampler.gather_state_dict()  # after the evaluation: it counts model evaluations
+    if main:
+        write_record()
+        save_checkpoint(ckpt, state, cfg_dict)
+        from .plotting import plot_run
 
-    plot_run(out, sampler, record, reference, samples=x)
-    return record
+        plot_run(out, sampler, record, reference, samples=x)
+    return distributed.broadcast_object(record) if ctx is not None else record
+
+
+def _distributed_summary(sampler: AdjointSampler, ctx: distributed.DistContext | None,
+                         timers_at_start: dict[str, float]) -> dict[str, Any]:
+    """The ``"distributed"`` entry of ``metrics.json`` (a collective under ``torchrun``).
+
+    ``world_size``, ``backend``, ``device``; the SHA-256 of every rank's parameters
+    (``parameter_digests``, in rank order) and whether they are all equal; per rank, the
+    training energy evaluations it made and its wall time per phase in this launch (the
+    run's ``counters`` and ``timers`` are the global counts and rank 0's times over all
+    launches).
+    """
+    digest = distributed.parameter_digest(sampler.model)
+    mine = {"rank": sampler.rank, "parameter_digest": digest,
+            "energy_evals_this_launch": sampler.launch_energy_evals,
+            "timers_this_launch": {k: v - timers_at_start.get(k, 0.0)
+                                   for k, v in sampler.timers.items()}}
+    ranks = distributed.all_gather_objects(mine) if ctx is not None else [mine]
+    digests = [r["parameter_digest"] for r in ranks]
+    return {
+        "world_size": 1 if ctx is None else ctx.world_size,
+        "backend": None if ctx is None else ctx.backend,
+        "device": str(sampler.device),
+        "parameter_digests": digests,
+        "parameters_in_sync": len(set(digests)) == 1,
+        "per_rank": [{k: v for k, v in r.items() if k != "parameter_digest"} for r in ranks],
+    }
 
 
 def load_run(run_dir: str | Path, registry: Registry | None = None, device: str | None = None

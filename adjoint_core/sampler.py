@@ -17,10 +17,19 @@ as is the wall time of each phase (:attr:`AdjointSampler.timers`). All randomnes
 (Brownian increments, times, bridge noise, buffer draws) comes from one ``torch.Generator``
 seeded by ``seed``, saved in :meth:`AdjointSampler.state_dict`; network initialisation uses
 the global torch seed, which the CLI sets from the same seed.
+
+**Data parallel** (``distributed=True``, inside an initialised ``torch.distributed`` process
+group, e.g. under ``torchrun``; see :mod:`adjoint_core.distributed` and ``docs/scaling.md``):
+``samples_per_epoch``, ``init_samples`` and ``train_batch_size`` are global budgets split over
+the ranks, each rank keeps its own shard of the replay buffer, the model is trained through
+``DistributedDataParallel`` and rank ``r`` seeds its generator with ``seed + r``. Counters are
+summed over ranks after every epoch. With a single process nothing of this runs and the loop is
+exactly the one described above.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -47,17 +56,25 @@ class NonFiniteEnergyError(RuntimeError):
 class TrainSettings(BaseModel):
     """Budgets and optimisation settings of an Adjoint Sampling run (validated).
 
+    Budgets are global: in a data-parallel run of ``W`` processes each rank takes
+    ``split_evenly(n, rank, W)`` of ``samples_per_epoch``, ``init_samples`` and
+    ``train_batch_size`` (see :mod:`adjoint_core.distributed`), so the number of energy
+    evaluations and the rows per optimizer step equal those of a single process.
+
     Attributes:
         n_epochs: Number of epochs (simulate → energy → train).
-        samples_per_epoch: New terminal samples (= energy evaluations) per epoch.
-        sim_batch_size: Paths simulated at once.
-        grad_steps_per_epoch: Regression steps per epoch.
-        train_batch_size: Buffer rows per regression step.
+        samples_per_epoch: New terminal samples (= energy evaluations) per epoch, summed over
+            ranks.
+        sim_batch_size: Paths simulated at once (per process: a memory knob).
+        grad_steps_per_epoch: Regression steps (optimizer steps of the shared model) per epoch.
+        train_batch_size: Buffer rows per regression step, summed over ranks (the global
+            batch).
         n_sde_steps: Euler–Maruyama steps (the grid has ``n_sde_steps + 1`` points).
         lr: Adam learning rate.
         max_grad_norm: Per-particle clipping threshold of ``∇E/τ`` (``None``: no clipping).
         grad_clip: Clip the parameters' gradient norm (``None``: off).
-        init_samples: Terminal samples simulated before the first epoch (fills the buffer).
+        init_samples: Terminal samples simulated before the first epoch (fills the buffer),
+            summed over ranks.
         nonfinite: ``"drop"`` samples with NaN/inf energy or gradient (counted), or ``"raise"``.
     """
 
@@ -95,9 +112,19 @@ class AdjointSampler:
         seed: Seed of the loop's random generator.
         device: Torch device for simulation and training.
         optimizer: Optional optimizer over ``model.parameters()`` (default Adam(lr)).
+        distributed: Train data-parallel over the ranks of the initialised default
+            ``torch.distributed`` process group (all ranks must construct the sampler with the
+            same settings; the constructor is a collective: DDP broadcasts rank 0's
+            parameters). ``False`` (default): a single process, no ``torch.distributed``.
+
+    Attributes:
+        rank: This process's rank (0 without ``distributed``).
+        world_size: Number of processes (1 without ``distributed``).
 
     Raises:
-        ValueError: If the components do not fit together (shapes, model/space capability).
+        ValueError: If the components do not fit together (shapes, model/space capability),
+            or a global budget is smaller than the number of ranks.
+        RuntimeError: ``distributed=True`` without an initialised process group.
     """
 
     def __init__(
@@ -111,6 +138,7 @@ class AdjointSampler:
         seed: int = 0,
         device: str | torch.device = "cpu",
         optimizer: torch.optim.Optimizer | None = None,
+        distributed: bool = False,
     ) -> None:
         if tuple(energy.event_shape) != tuple(space.event_shape):
             raise ValueError(
@@ -128,12 +156,47 @@ class AdjointSampler:
             settings = TrainSettings(**settings)
         self.settings = settings or TrainSettings()
         self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=self.settings.lr)
+        self.distributed = bool(distributed)
+        self.rank, self.world_size = 0, 1
+        self._train_model: torch.nn.Module = self.model  # DDP wrapper when distributed
+        if self.distributed:
+            self._setup_distributed()
         self.seed = int(seed)
-        self.generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(self.seed + self.rank)
         self.counters = {"epoch": 0, "energy_evals": 0, "model_evals": 0, "grad_steps": 0,
                          "nonfinite_dropped": 0}
         self.timers = {"simulate": 0.0, "energy": 0.0, "train": 0.0}
         self.history: list[dict] = []
+        #: Training energy evaluations made by this process since construction (not summed
+        #: over ranks, not checkpointed; ``counters["energy_evals"]`` is the global total).
+        self.launch_energy_evals = 0
+
+    def _setup_distributed(self) -> None:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError("AdjointSampler(distributed=True) needs an initialised "
+                               "torch.distributed process group (launch with torchrun)")
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        s, w = self.settings, self.world_size
+        for name in ("samples_per_epoch", "train_batch_size"):
+            if getattr(s, name) < w:
+                raise ValueError(f"train.{name}={getattr(s, name)} is a global budget and must "
+                                 f"be at least the number of processes ({w})")
+        if 0 < s.init_samples < w:
+            raise ValueError(f"train.init_samples={s.init_samples} is a global budget and must "
+                             f"be 0 or at least the number of processes ({w})")
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self._train_model = DistributedDataParallel(self.model, device_ids=ids)
+
+    def _share(self, n: int) -> int:
+        """This rank's part of a global count ``n`` (``n`` itself in a single process)."""
+        if self.world_size == 1:
+            return n
+        from .distributed import split_evenly
+
+        return split_evenly(n, self.rank, self.world_size)
 
     # ------------------------------------------------------------------ sampling
     def _control(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -202,6 +265,7 @@ class AdjointSampler:
         a, e = terminal_adjoint(self.energy, self.space, self.schedule, x1,
                                 self.settings.max_grad_norm)
         self.counters["energy_evals"] += n
+        self.launch_energy_evals += n
         ok = torch.isfinite(e) & torch.isfinite(a.flatten(1)).all(-1)
         n_bad = int((~ok).sum())
         if n_bad:
@@ -217,22 +281,42 @@ class AdjointSampler:
         self.timers["energy"] += time.perf_counter() - t0
         return int(x1.shape[0])
 
-    def loss(self, batch: dict) -> torch.Tensor:
-        """Adjoint-matching loss on a buffer batch (fresh ``t`` and bridge noise)."""
+    def loss(self, batch: dict, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Adjoint-matching loss on a buffer batch (fresh ``t`` and bridge noise).
+
+        Args:
+            batch: Buffer rows ``{"x1": (b, *event_shape), "adjoint": (b, *event_shape)}``.
+            model: Network to evaluate (default: the bare model; the training step passes the
+                DDP wrapper when distributed).
+
+        Returns:
+            The scalar loss (mean over the ``b`` rows and all coordinates).
+        """
         x1 = batch["x1"].to(self.device)
         a = batch["adjoint"].to(self.device)
         t = torch.rand(x1.shape[0], generator=self.generator, device=self.device,
                        dtype=x1.dtype)
         xt = self.space.bridge_sample(x1, t, self.schedule, self.generator)
-        out = self.space.tangent(self.model(t, xt))
+        net = self.model if model is None else model
+        out = self.space.tangent(net(t, xt))
         return adjoint_matching_loss(out, a)
 
     def train_step(self) -> float:
-        """One Adam step on a fresh buffer batch; returns the loss."""
-        batch = self.buffer.sample(self.settings.train_batch_size, self.generator)
-        loss = self.loss(batch)
+        """One Adam step on a fresh buffer batch; returns the loss.
+
+        Distributed: this rank draws its share ``b_r`` of ``train_batch_size`` from its buffer
+        shard and back-propagates ``loss · b_r·W/B`` through DDP, whose gradient average is
+        then the gradient of the mean loss over the global batch. Returns this rank's unweighted
+        loss.
+        """
+        b = self._share(self.settings.train_batch_size)
+        batch = self.buffer.sample(b, self.generator)
+        loss = self.loss(batch, self._train_model)
+        objective = loss
+        if self.distributed:
+            objective = loss * (b * self.world_size / self.settings.train_batch_size)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         if self.settings.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.optimizer.step()
@@ -243,24 +327,56 @@ class AdjointSampler:
     def train_epoch(self) -> dict:
         """Run one epoch (simulate → energy → train); returns its log row."""
         s = self.settings
+        start = (dict(self.counters), self.energy.n_evaluations)
         if self.counters["epoch"] == 0 and s.init_samples and len(self.buffer) == 0:
-            self._collect_in_batches(s.init_samples)
-        self._collect_in_batches(s.samples_per_epoch)
+            self._collect_in_batches(self._share(s.init_samples))
+        self._collect_in_batches(self._share(s.samples_per_epoch))
         if len(self.buffer) == 0:
             raise NonFiniteEnergyError("replay buffer is empty: every sample had a non-finite "
                                        "energy or gradient")
         t0 = time.perf_counter()
-        self.model.train()
+        self._train_model.train()
         losses = [self.train_step() for _ in range(s.grad_steps_per_epoch)]
         self.timers["train"] += time.perf_counter() - t0
         self.counters["epoch"] += 1
-        row = {"epoch": self.counters["epoch"],
-               "loss": float(sum(losses) / len(losses)) if losses else math.nan,
-               "buffer_energy_mean": float(self.buffer.sample(
-                   min(len(self.buffer), 1024), self.generator)["energy"].mean()),
+        loss = float(sum(losses) / len(losses)) if losses else math.nan
+        buffer_energy = float(self.buffer.sample(min(len(self.buffer), 1024),
+                                                 self.generator)["energy"].mean())
+        if self.distributed:
+            loss, buffer_energy = self._synchronise_epoch(start, loss, buffer_energy)
+        row = {"epoch": self.counters["epoch"], "loss": loss,
+               "buffer_energy_mean": buffer_energy,
                **{k: v for k, v in self.counters.items() if k != "epoch"}}
         self.history.append(row)
         return row
+
+    #: Counters summed over ranks (``grad_steps`` counts steps of the shared model, ``epoch``
+    #: is common).
+    SUMMED_COUNTERS = ("energy_evals", "model_evals", "nonfinite_dropped")
+
+    def _synchronise_epoch(self, start: tuple[dict, int], loss: float, buffer_energy: float
+                           ) -> tuple[float, float]:
+        """Sum this epoch's counter increments over ranks; global loss and buffer energy.
+
+        One all-reduce of a ``(len(SUMMED_COUNTERS) + 3,)`` float64 tensor. The loss becomes
+        the mean over the global batch (rank losses weighted by ``b_r/B``), the buffer energy
+        the mean over ranks of each shard's mean.
+        """
+        import torch.distributed as dist
+
+        counters, n_energy = start
+        keys = self.SUMMED_COUNTERS
+        w = self._share(self.settings.train_batch_size) / self.settings.train_batch_size
+        vec = [float(self.counters[k] - counters[k]) for k in keys]
+        vec += [float(self.energy.n_evaluations - n_energy), w * loss,
+                buffer_energy / self.world_size]
+        total = torch.tensor(vec, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        out = total.tolist()
+        for i, k in enumerate(keys):
+            self.counters[k] = counters[k] + int(round(out[i]))
+        self.energy.n_evaluations = n_energy + int(round(out[len(keys)]))
+        return out[-2], out[-1]
 
     def _collect_in_batches(self, n: int) -> None:
         bs = self.settings.sim_batch_size
@@ -304,7 +420,7 @@ class AdjointSampler:
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
-        """Model, optimizer, buffer, RNG state, counters, timers and history."""
+        """Model, optimizer, buffer, RNG state, counters, timers and history (this rank's)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -318,12 +434,86 @@ class AdjointSampler:
             "energy_evaluations": self.energy.n_evaluations,
         }
 
+    def gather_state_dict(self) -> dict | None:
+        """The state of all ranks in one dict, on rank 0 (a collective when distributed).
+
+        Rank 0's :meth:`state_dict` (model, optimizer, its buffer shard and generator, global
+        counters: exactly what a single process resumes from) plus, when distributed,
+        ``state["distributed"] = {"world_size": W, "shards": [{"rank", "buffer",
+        "generator"}, …]}`` with the buffer shards and generator states of ranks ``1 … W-1``
+        (gathered to rank 0 as pickled objects). See :meth:`state_for_rank` for the inverse.
+
+        Returns:
+            The state on rank 0, ``None`` on the other ranks (single process:
+            :meth:`state_dict`).
+        """
+        if not self.distributed:
+            return self.state_dict()
+        from .distributed import gather_objects
+
+        shard = None if self.rank == 0 else {"rank": self.rank,
+                                             "buffer": self.buffer.state_dict(),
+                                             "generator": self.generator.get_state()}
+        shards = gather_objects(shard)
+        if self.rank != 0:
+            return None
+        state = self.state_dict()
+        state["distributed"] = {"world_size": self.world_size, "shards": shards[1:]}
+        return state
+
+    @staticmethod
+    def state_for_rank(state: dict, rank: int, world_size: int) -> dict:
+        """The part of a (possibly gathered) state that rank ``rank`` of ``world_size`` loads.
+
+        Rank 0 and every rank that existed in the saved run get their own buffer shard and
+        generator state (a resume with the same number of processes continues every rank's
+        random stream exactly). A rank beyond the saved world size gets a copy of shard
+        ``rank mod W_saved`` and a generator seeded from ``(seed, rank, epoch)``, a stream no
+        rank has used. The model, optimizer, counters and history are common.
+
+        Args:
+            state: From :meth:`gather_state_dict` (or :meth:`state_dict`).
+            rank: Rank that will load the result.
+            world_size: Number of processes now.
+
+        Returns:
+            A state for :meth:`load_state_dict` (without the ``"distributed"`` entry; a new
+            rank's ``"generator"`` is ``None`` and ``"generator_seed"`` seeds it).
+        """
+        out = {k: v for k, v in state.items() if k != "distributed"}
+        if rank == 0:
+            return out
+        info = state.get("distributed") or {"world_size": 1, "shards": []}
+        saved = int(info["world_size"])
+        shards = {int(s["rank"]): s for s in info["shards"]}
+        if rank < saved and rank in shards:
+            out["buffer"] = shards[rank]["buffer"]
+            out["generator"] = shards[rank]["generator"]
+        else:
+            src = rank % saved
+            if src != 0:
+                out["buffer"] = shards[src]["buffer"]
+            key = f"{state.get('seed', 0)}:{rank}:{state['counters']['epoch']}".encode()
+            out["generator"] = None
+            out["generator_seed"] = int.from_bytes(hashlib.sha256(key).digest()[:8],
+                                                   "little") >> 1
+        return out
+
     def load_state_dict(self, state: dict) -> None:
-        """Restore everything saved by :meth:`state_dict`."""
+        """Restore everything saved by :meth:`state_dict`.
+
+        A gathered state (:meth:`gather_state_dict`) is first reduced to this rank's part with
+        :meth:`state_for_rank`.
+        """
+        if "distributed" in state:
+            state = self.state_for_rank(state, self.rank, self.world_size)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.buffer.load_state_dict(state["buffer"])
-        self.generator.set_state(state["generator"])
+        if state["generator"] is None:  # a rank new to this run (see state_for_rank)
+            self.generator.manual_seed(int(state["generator_seed"]))
+        else:
+            self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.counters.update(state["counters"])
         self.timers.update(state["timers"])
