@@ -70,7 +70,11 @@ class TrainSettings(BaseModel):
         train_batch_size: Buffer rows per regression step, summed over ranks (the global
             batch).
         n_sde_steps: Euler–Maruyama steps (the grid has ``n_sde_steps + 1`` points).
-        lr: Adam learning rate.
+        lr: Adam learning rate (the peak of the schedule).
+        lr_schedule: ``"constant"``, or ``"cosine"``: decay from ``lr`` to ``lr_min`` along a
+            half cosine over the run's ``n_epochs · grad_steps_per_epoch`` steps. The rate is a
+            function of the gradient-step counter only, so resuming needs no scheduler state.
+        lr_min: Final learning rate of the cosine schedule.
         max_grad_norm: Per-particle clipping threshold of ``∇E/τ`` (``None``: no clipping).
         grad_clip: Clip the parameters' gradient norm (``None``: off).
         init_samples: Terminal samples simulated before the first epoch (fills the buffer),
@@ -87,6 +91,8 @@ class TrainSettings(BaseModel):
     train_batch_size: int = Field(512, ge=1)
     n_sde_steps: int = Field(200, ge=1)
     lr: float = Field(1e-4, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    lr_min: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(100.0, gt=0)
     grad_clip: float | None = Field(None, gt=0)
     init_samples: int = Field(0, ge=0)
@@ -301,6 +307,23 @@ class AdjointSampler:
         out = self.space.tangent(net(t, xt))
         return adjoint_matching_loss(out, a)
 
+    def learning_rate(self, step: int | None = None) -> float:
+        """Learning rate of gradient step ``step`` (default: the next one)."""
+        s = self.settings
+        step = self.counters["grad_steps"] if step is None else step
+        if s.lr_schedule == "constant":
+            return s.lr
+        total = max(s.n_epochs * s.grad_steps_per_epoch, 1)
+        frac = min(step / total, 1.0)
+        return s.lr_min + 0.5 * (s.lr - s.lr_min) * (1.0 + math.cos(math.pi * frac))
+
+    def _set_lr(self) -> None:
+        if self.settings.lr_schedule == "constant":
+            return
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def train_step(self) -> float:
         """One Adam step on a fresh buffer batch; returns the loss.
 
@@ -315,6 +338,7 @@ class AdjointSampler:
         objective = loss
         if self.distributed:
             objective = loss * (b * self.world_size / self.settings.train_batch_size)
+        self._set_lr()
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         if self.settings.grad_clip is not None:

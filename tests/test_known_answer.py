@@ -110,3 +110,15 @@ def test_path_weights_of_the_exact_control_are_uniform():
                     torch.Generator().manual_seed(0), dtype=torch.float64, path_weights=True)
     phi0 = energy.energy(zero.x1) + space.base_log_prob(zero.x1, sched)
     assert path_ess((-zero.control_cost - zero.noise_cost - phi0).numpy()) < 0.9
+
+
+def test_cosine_learning_rate_schedule():
+    s = AdjointSampler(gaussian(dim=2), EuclideanSpace(dim=2), GeometricSchedule(), MLP(2),
+                       settings=dict(n_epochs=4, grad_steps_per_epoch=10, lr=1e-3, lr_min=1e-5,
+                                     lr_schedule="cosine", samples_per_epoch=32,
+                                     train_batch_size=16, n_sde_steps=5))
+    assert s.learning_rate(0) == pytest.approx(1e-3)
+    assert s.learning_rate(20) == pytest.approx(0.5 * (1e-3 + 1e-5))
+    assert s.learning_rate(40) == pytest.approx(1e-5)
+    s.fit(n_epochs=1)
+    assert s.optimizer.param_groups[0]["lr"] == pytest.approx(s.learning_rate(9))
