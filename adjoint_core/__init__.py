@@ -10,26 +10,35 @@ from .buffer import Buffer, ReplayBuffer
 from .energy import Energy
 from .gaussian import GaussianEnergy
 from .hookspecs import hookimpl
+from .mcmc import MCMCResult, run_mcmc
 from .models import MLP, Model
+from .periodic import PeriodicMLP, radial_distribution
 from .registry import ConfigError, Registry, default_registry
 from .sampler import AdjointSampler, TrainSettings
 from .schedules import GeometricSchedule, LinearSchedule, NoiseSchedule
-from .spaces import EuclideanSpace, StateSpace
+from .spaces import EuclideanSpace, PeriodicSpace, StateSpace
+from .von_mises import VonMisesEnergy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Energy",
     "GaussianEnergy",
+    "VonMisesEnergy",
     "AdjointSampler",
     "TrainSettings",
     "StateSpace",
     "EuclideanSpace",
+    "PeriodicSpace",
     "NoiseSchedule",
     "GeometricSchedule",
     "LinearSchedule",
     "Model",
     "MLP",
+    "PeriodicMLP",
+    "run_mcmc",
+    "MCMCResult",
+    "radial_distribution",
     "Buffer",
     "ReplayBuffer",
     "Registry",

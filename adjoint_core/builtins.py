@@ -9,8 +9,10 @@ from .buffer import ReplayBuffer
 from .gaussian import gaussian
 from .hookspecs import hookimpl
 from .models import MLP
+from .periodic import mlp_periodic
 from .schedules import GeometricSchedule, LinearSchedule
-from .spaces import EuclideanSpace, StateSpace
+from .spaces import EuclideanSpace, PeriodicSpace, StateSpace
+from .von_mises import von_mises
 
 
 def mlp(space: StateSpace, hidden: int = 128, n_layers: int = 3, time_dim: int = 64,
@@ -22,12 +24,12 @@ def mlp(space: StateSpace, hidden: int = 128, n_layers: int = 3, time_dim: int =
 
 @hookimpl
 def register_energies() -> dict:  # noqa: D103
-    return {"gaussian": gaussian}
+    return {"gaussian": gaussian, "von_mises": von_mises}
 
 
 @hookimpl
 def register_spaces() -> dict:  # noqa: D103
-    return {"euclidean": EuclideanSpace}
+    return {"euclidean": EuclideanSpace, "periodic": PeriodicSpace}
 
 
 @hookimpl
@@ -37,7 +39,7 @@ def register_schedules() -> dict:  # noqa: D103
 
 @hookimpl
 def register_models() -> dict:  # noqa: D103
-    return {"mlp": mlp}
+    return {"mlp": mlp, "mlp_periodic": mlp_periodic}
 
 
 @hookimpl

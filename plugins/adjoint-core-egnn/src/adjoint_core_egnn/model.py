@@ -29,6 +29,18 @@ Implementation notes:
   a dense sum instead of a scatter; with a distance cut-off a scatter sum is used.
 * The coordinate update of the last layer is the only thing that reaches the output, so the last
   layer has no node update (it would be dead weight that receives no gradient).
+
+**Periodic boxes.** With ``box = (L_1, ..., L_d)`` every edge vector is the minimum-image
+displacement ``r_ij = x_i − x_j − L·round((x_i − x_j)/L)``
+(:func:`adjoint_core.torus.minimum_image`), in the first layer and in every later one (whose
+positions are the unwrapped ``x + Σ dpos``; only minimum-image differences of them are used).
+The output is then invariant to shifting any particle by a multiple of the box and to
+translations, and equivariant to permutations and to the symmetries of the box (reflections,
+permutations of axes of equal length); it is no longer rotation-equivariant (a box is not). It
+jumps where a pair's separation along an axis crosses ``L/2`` (the minimum image flips); with a
+``cutoff < L_min/2`` such pairs are outside the graph (the cut-off's own discontinuity remains).
+Such a model only accepts a :class:`~adjoint_core.spaces.PeriodicSpace` with the same box
+(:meth:`EGNN.check_space`).
 """
 
 from __future__ import annotations
@@ -40,7 +52,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from adjoint_core.models import FourierTimeEmbedding, Model
-from adjoint_core.spaces import StateSpace
+from adjoint_core.spaces import PeriodicSpace, StateSpace
+from adjoint_core.torus import minimum_image
 
 with warnings.catch_warnings():  # PyG's import calls the deprecated torch.jit.script
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*",
@@ -117,7 +130,7 @@ class EGNNLayer(MessagePassing):
 
     def forward(
         self, h: torch.Tensor, pos: torch.Tensor, edge_attr: torch.Tensor,
-        edge_index: torch.Tensor, degree: int | None = None,
+        edge_index: torch.Tensor, degree: int | None = None, box: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Update node features and coordinates.
 
@@ -129,6 +142,8 @@ class EGNNLayer(MessagePassing):
             degree: If every node receives exactly ``degree`` edges stored consecutively
                 (grouped by receiver, as :func:`fully_connected_edges` makes them), the
                 aggregation is a reshape-and-sum; ``None`` uses a scatter sum.
+            box: Periodic box lengths ``(spatial_dim,)``: edge vectors are minimum images;
+                ``None``: plain differences.
 
         Returns:
             ``(h, dpos)``: updated node features and the coordinate update (add ``dpos`` to
@@ -142,7 +157,7 @@ class EGNNLayer(MessagePassing):
         send = both[:, hid:]
         m_sum, dpos = self.propagate(
             edge_index, recv=recv, send=send, pos=pos, edge_attr=edge_attr, degree=degree,
-            size=None,
+            box=box, size=None,
         )
         if self.node_mlp is not None:
             h = h + self.node_mlp(torch.cat([h, m_sum], dim=-1))
@@ -151,10 +166,12 @@ class EGNNLayer(MessagePassing):
     def message(
         self, recv: torch.Tensor, send_j: torch.Tensor, pos_i: torch.Tensor,
         pos_j: torch.Tensor, edge_attr: torch.Tensor, edge_index_i: torch.Tensor,
-        degree: int | None = None,
+        degree: int | None = None, box: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Edge message ``m_ij`` and coordinate displacement of each edge ``j → i``."""
         diff = pos_i - pos_j
+        if box is not None:
+            diff = minimum_image(diff, box)
         radial = diff.square().sum(dim=-1, keepdim=True)
         geo = torch.cat([radial, edge_attr], dim=-1)
         if degree is not None:  # receiver-grouped edges: broadcast instead of a gather
@@ -176,7 +193,7 @@ class EGNNLayer(MessagePassing):
 
     def aggregate(
         self, inputs: tuple[torch.Tensor, torch.Tensor], index: torch.Tensor,
-        dim_size: int | None = None, degree: int | None = None,
+        dim_size: int | None = None, degree: int | None = None, box: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum messages and displacements over the incoming edges of each node."""
         if degree is not None:
@@ -214,6 +231,10 @@ class EGNN(Model):
             (default): automatic, about ``2**20 / hidden`` edges per chunk on CPU (small per-edge
             tensors stay in cache and avoid fresh page-faulting allocations; ~1.8x faster for
             LJ-13 at batch 512) and the whole batch on other devices. ``0``: never chunk.
+        box: Periodic box: one length for all axes or one per axis. Edge vectors (and the
+            distances of the cut-off and of the edge features) are then minimum images, and
+            the model only fits a :class:`~adjoint_core.spaces.PeriodicSpace` with this box.
+            ``None`` (default): plain coordinate differences (non-periodic spaces).
 
     Shapes:
         ``t``: ``(batch,)``; ``x``: ``(batch, N, d)``; output: ``(batch, N, d)``.
@@ -223,7 +244,7 @@ class EGNN(Model):
         self, n_particles: int, spatial_dim: int, hidden: int = 128, n_layers: int = 5,
         attention: bool = True, tanh: bool = True, coords_range: float = 15.0,
         n_node_types: int = 0, cutoff: float | None = None, time_dim: int = 0,
-        max_chunk_edges: int | None = None,
+        max_chunk_edges: int | None = None, box: float | list[float] | None = None,
     ) -> None:
         super().__init__()
         if n_particles < 2:
@@ -243,6 +264,17 @@ class EGNN(Model):
             raise ValueError(f"EGNN time_dim must be 0 or a positive even number, got {time_dim}")
         if max_chunk_edges is not None and max_chunk_edges < 0:
             raise ValueError(f"EGNN max_chunk_edges must be >= 0 or None, got {max_chunk_edges}")
+        if box is not None:
+            lengths = [float(box)] * spatial_dim if isinstance(box, (int, float)) else \
+                [float(b) for b in box]
+            if len(lengths) != spatial_dim or not all(b > 0 for b in lengths):
+                raise ValueError(f"EGNN box needs one positive length or {spatial_dim} of them, "
+                                 f"got {box}")
+            box_t: torch.Tensor | None = torch.tensor(lengths)
+        else:
+            box_t = None
+        # Not persistent: the box is a constructor argument, and state dicts stay compatible.
+        self.register_buffer("box", box_t, persistent=False)
         self.n_particles = int(n_particles)
         self.spatial_dim = int(spatial_dim)
         self.hidden = int(hidden)
@@ -266,8 +298,12 @@ class EGNN(Model):
     def check_space(self, space: StateSpace) -> None:
         """Require a particle space of shape ``(n_particles, spatial_dim)``.
 
+        A :class:`~adjoint_core.spaces.PeriodicSpace` is accepted only by a model built with the
+        same ``box`` (minimum-image edges), and a model with a ``box`` only fits such a space.
+
         Raises:
-            ValueError: ``space`` is not a particle space, or its shape differs.
+            ValueError: ``space`` is not a particle space, its shape differs, or the
+                periodicity (box) of model and space differ.
         """
         shape = getattr(space, "particle_shape", None)
         if shape is None:
@@ -282,6 +318,20 @@ class EGNN(Model):
                 f"EGNN(n_particles={self.n_particles}, spatial_dim={self.spatial_dim}) does not "
                 f"fit state space {space} with particle shape {tuple(shape)}"
             )
+        if isinstance(space, PeriodicSpace):
+            if self.box is None:
+                raise ValueError(
+                    f"EGNN without a box uses plain coordinate differences and cannot act on the "
+                    f"periodic space {space}; build it with box={list(space.box)} (the 'egnn' "
+                    f"factory does this automatically)"
+                )
+            want = torch.tensor(space.box, dtype=torch.float64)
+            if not torch.allclose(self.box.double().cpu(), want, rtol=1e-6, atol=0):
+                raise ValueError(f"EGNN was built for box {self.box.tolist()} but the space "
+                                 f"{space} has box {list(space.box)}")
+        elif self.box is not None:
+            raise ValueError(f"EGNN with a periodic box {self.box.tolist()} uses minimum-image "
+                             f"edges and does not fit the non-periodic space {space}")
 
     # ------------------------------------------------------------------ graph
     def _full_edges(self, batch: int, device: torch.device) -> torch.Tensor:
@@ -378,7 +428,11 @@ class EGNN(Model):
         edge_index = self._full_edges(batch, x.device)
         degree: int | None = n - 1
         src, dst = edge_index
-        sq = (pos0[dst] - pos0[src]).square().sum(dim=-1, keepdim=True)
+        box = None if self.box is None else self.box.to(x.dtype)
+        diff0 = pos0[dst] - pos0[src]
+        if box is not None:
+            diff0 = minimum_image(diff0, box)
+        sq = diff0.square().sum(dim=-1, keepdim=True)
         if self.cutoff is not None:
             keep = sq.squeeze(-1) < self.cutoff ** 2
             edge_index, sq, degree = edge_index[:, keep], sq[keep], None
@@ -386,7 +440,7 @@ class EGNN(Model):
         # difference of positions, without its cancellation error in float32.
         pos, disp = pos0, None
         for layer in self.layers:
-            h, dpos = layer(h, pos, sq, edge_index, degree)
+            h, dpos = layer(h, pos, sq, edge_index, degree, box)
             pos = pos + dpos
             disp = dpos if disp is None else disp + dpos
         out = disp.view(batch, n, d)
@@ -396,13 +450,15 @@ class EGNN(Model):
         return (f"n_particles={self.n_particles}, spatial_dim={self.spatial_dim}, "
                 f"hidden={self.hidden}, n_layers={self.n_layers}, "
                 f"n_node_types={self.n_node_types}, cutoff={self.cutoff}, "
-                f"time_dim={self.time_dim}, max_chunk_edges={self.max_chunk_edges}")
+                f"time_dim={self.time_dim}, max_chunk_edges={self.max_chunk_edges}, "
+                f"box={None if self.box is None else self.box.tolist()}")
 
 
 def egnn(
     space: StateSpace, hidden: int = 128, n_layers: int = 5, attention: bool = True,
     tanh: bool = True, coords_range: float = 15.0, n_node_types: int = 0,
     cutoff: float | None = None, time_dim: int = 0, max_chunk_edges: int | None = None,
+    box: float | list[float] | None = None,
 ) -> EGNN:
     """Registry factory: an :class:`EGNN` sized from ``space.particle_shape``.
 
@@ -418,9 +474,12 @@ def egnn(
         time_dim: Width of a sinusoidal time embedding (0: the scalar ``t``).
         max_chunk_edges: Edges per evaluation chunk (``None``: automatic, ``0``: no chunking);
             see :class:`EGNN`.
+        box: Periodic box for minimum-image edges; ``None`` (default): taken from ``space``
+            when it is a :class:`~adjoint_core.spaces.PeriodicSpace`, else no periodicity.
 
     Raises:
-        ValueError: ``space`` is not a particle space, or a parameter is out of range.
+        ValueError: ``space`` is not a particle space, a parameter is out of range, or
+            ``box`` differs from the periodic space's box.
     """
     shape = getattr(space, "particle_shape", None)
     if shape is None:
@@ -430,10 +489,12 @@ def egnn(
             f"a flat model such as MLP for non-particle states"
         )
     n_particles, spatial_dim = shape
+    if box is None and isinstance(space, PeriodicSpace):
+        box = list(space.box)
     model = EGNN(n_particles, spatial_dim, hidden=hidden, n_layers=n_layers,
                  attention=attention, tanh=tanh, coords_range=coords_range,
                  n_node_types=n_node_types, cutoff=cutoff, time_dim=time_dim,
-                 max_chunk_edges=max_chunk_edges)
+                 max_chunk_edges=max_chunk_edges, box=box)
     model.check_space(space)
     return model
 

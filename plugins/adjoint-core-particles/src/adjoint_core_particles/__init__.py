@@ -1,13 +1,15 @@
 """adjoint-core-particles: double-well, Lennard-Jones and Gaussian-mixture energies.
 
 Energies of the synthetic Adjoint Sampling / iDEM benchmarks (DW-4, LJ-13, LJ-55, GMM-40) as
-:class:`adjoint_core.Energy` subclasses, and loaders for their reference samples. Installing
-the distribution registers them with adjoint-core under the ``particles`` plugin.
+:class:`adjoint_core.Energy` subclasses, the periodic Lennard-Jones fluid
+(:class:`PeriodicLennardJonesEnergy`, ``lj_periodic``), and loaders for the reference samples.
+Installing the distribution registers them with adjoint-core under the ``particles`` plugin.
 """
 
 from .double_well import DoubleWellEnergy
 from .gaussian_mixture import SOFTPLUS_ONE, GaussianMixtureEnergy
 from .lennard_jones import LennardJonesEnergy
+from .periodic_lj import PeriodicLennardJonesEnergy, lj_periodic
 from .presets import dw4, gmm40, lj13, lj55
 from .reference import (
     REFERENCE_FILES,
@@ -22,6 +24,8 @@ __version__ = "0.1.0"
 __all__ = [
     "DoubleWellEnergy",
     "LennardJonesEnergy",
+    "PeriodicLennardJonesEnergy",
+    "lj_periodic",
     "GaussianMixtureEnergy",
     "SOFTPLUS_ONE",
     "dw4",

@@ -6,8 +6,9 @@ Entry point (``pyproject.toml``)::
     particles = "adjoint_core_particles.plugin"
 
 Registered energies: ``dw4``, ``lj13``, ``lj55``, ``gmm40`` (benchmark presets, see
-:mod:`adjoint_core_particles.presets`) and the general ``double_well``, ``lennard_jones``,
-``gaussian_mixture``.
+:mod:`adjoint_core_particles.presets`), the general ``double_well``, ``lennard_jones``,
+``gaussian_mixture``, and the periodic Lennard-Jones fluid ``lj_periodic``
+(:mod:`adjoint_core_particles.periodic_lj`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from adjoint_core import hookimpl
 from .double_well import DoubleWellEnergy
 from .gaussian_mixture import GaussianMixtureEnergy
 from .lennard_jones import LennardJonesEnergy
+from .periodic_lj import lj_periodic
 from .presets import dw4, gmm40, lj13, lj55
 
 __all__ = ["register_energies", "ENERGIES"]
@@ -32,6 +34,7 @@ ENERGIES: dict[str, Callable[..., object]] = {
     "double_well": DoubleWellEnergy,
     "lennard_jones": LennardJonesEnergy,
     "gaussian_mixture": GaussianMixtureEnergy,
+    "lj_periodic": lj_periodic,
 }
 
 
