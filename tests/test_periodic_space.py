@@ -182,3 +182,26 @@ def test_periodic_features_are_periodic():
     assert torch.allclose(torus.periodic_features(x + box * torch.tensor([2.0, -1.0]), box, 2),
                           f, atol=1e-5)
     assert torch.allclose(f[:, :2], torch.sin(2 * math.pi * x / box))
+
+
+def test_radial_distribution_uniform_and_hand_values():
+    from adjoint_core.periodic import radial_distribution
+
+    g = torch.Generator().manual_seed(5)
+    for d, box in [(2, [3.0, 4.0]), (3, 2.5)]:
+        b = torch.as_tensor(box, dtype=DT).expand(d)
+        x = (torch.rand(4000, 6, d, generator=g, dtype=DT) - 0.5) * b
+        r, gr = radial_distribution(x, box, n_bins=10)
+        assert r.shape == gr.shape == (10,)
+        assert float(r[-1]) == pytest.approx(float(b.min()) / 2 * 0.95)
+        # ideal gas: g ≡ 1 (4000 × 15 pairs; ≥ ~150 pairs in the smallest bin in 3-D)
+        assert (gr[2:] - 1).abs().max() < 0.08, gr
+        assert (gr[:2] - 1).abs().max() < 0.35, gr
+    # two particles at minimum-image distance 0.35 across the boundary of a 2-D box of 4:
+    # one pair in the bin [0.3, 0.4), volume 16, shell area π(0.4² − 0.3²): g = 16 / shell
+    x = torch.tensor([[[-1.9, 0.0], [1.75, 0.0]]], dtype=DT)
+    r, gr = radial_distribution(x, 4.0, n_bins=20, r_max=2.0)
+    assert torch.count_nonzero(gr) == 1 and float(r[3]) == pytest.approx(0.35)
+    assert float(gr[3]) == pytest.approx(16 / (math.pi * (0.4**2 - 0.3**2)))
+    with pytest.raises(ValueError, match="r_max"):
+        radial_distribution(x, 4.0, r_max=2.5)
