@@ -146,13 +146,17 @@ def main(argv: list[str] | None = None) -> dict:
                  "energy_mean": float(e_mc.mean()), "energy_median": float(e_mc.median()),
                  "energy_std": float(e_mc.std()),
                  "frac_energy_above_0": float((e_mc > 0).double().mean()),
+                 # chain-mean energy in 10 consecutive blocks after burn-in (stationarity)
+                 "energy_block_means": [float(b.mean()) for b in
+                                        mc.energies_trace[mc.burn_in:].chunk(10)],
                  "wall_s": mcmc_time},
         "energy_w2_as_vs_mcmc": ew2,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "gr.json").write_text(json.dumps(result, indent=2))
     np.savez(out / "gr.npz", r=r.numpy(), g_as=g_as.numpy(), g_mcmc=g_mc.numpy(),
-             energies_as=e_as.numpy(), energies_mcmc=e_mc.numpy())
+             energies_as=e_as.numpy(), energies_mcmc=e_mc.numpy(),
+             mcmc_energies_trace=mc.energies_trace.numpy())
 
     # (e) one figure: g(r) of both, energy histograms
     import matplotlib
