@@ -34,6 +34,25 @@ from .schedules import NoiseSchedule
 __all__ = ["StateSpace", "EuclideanSpace", "PeriodicSpace"]
 
 
+def _layout(
+    cls: str, n_particles: int | None, spatial_dim: int | None, dim: int | None
+) -> tuple[tuple[int, ...], tuple[int, int] | None]:
+    """``(event_shape, particle_shape)`` from either ``dim`` or ``n_particles, spatial_dim``."""
+    if dim is not None:
+        if n_particles is not None or spatial_dim is not None:
+            raise ValueError("give either dim=D, or n_particles and spatial_dim, not both")
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        return (int(dim),), None
+    if n_particles is None or spatial_dim is None:
+        raise ValueError(f"{cls} needs dim=D or n_particles and spatial_dim")
+    if n_particles < 1 or spatial_dim < 1:
+        raise ValueError(
+            f"n_particles and spatial_dim must be >= 1, got {n_particles}, {spatial_dim}"
+        )
+    return (int(n_particles), int(spatial_dim)), (int(n_particles), int(spatial_dim))
+
+
 class StateSpace(ABC):
     """Abstract state space of the sampler.
 
@@ -158,24 +177,12 @@ class EuclideanSpace(StateSpace):
         self, n_particles: int | None = None, spatial_dim: int | None = None,
         mean_free: bool = False, dim: int | None = None,
     ) -> None:
-        if dim is not None:
-            if n_particles is not None or spatial_dim is not None or mean_free:
-                raise ValueError("give either dim=D, or n_particles and spatial_dim, not both")
-            if dim < 1:
-                raise ValueError(f"dim must be >= 1, got {dim}")
-            self.event_shape = (int(dim),)
-            self.particle_shape = None
-        else:
-            if n_particles is None or spatial_dim is None:
-                raise ValueError("EuclideanSpace needs dim=D or n_particles and spatial_dim")
-            if n_particles < 1 or spatial_dim < 1:
-                raise ValueError(
-                    f"n_particles and spatial_dim must be >= 1, got {n_particles}, {spatial_dim}"
-                )
-            if mean_free and n_particles < 2:
-                raise ValueError("mean_free needs at least 2 particles")
-            self.event_shape = (int(n_particles), int(spatial_dim))
-            self.particle_shape = self.event_shape
+        if dim is not None and mean_free:
+            raise ValueError("give either dim=D, or n_particles and spatial_dim, not both")
+        if mean_free and n_particles is not None and n_particles < 2:
+            raise ValueError("mean_free needs at least 2 particles")
+        self.event_shape, self.particle_shape = _layout("EuclideanSpace", n_particles,
+                                                        spatial_dim, dim)
         self.mean_free = bool(mean_free)
 
     @property
@@ -256,22 +263,8 @@ class PeriodicSpace(StateSpace):
         self, box: float | list[float], n_particles: int | None = None,
         spatial_dim: int | None = None, dim: int | None = None, n_images: int | None = None,
     ) -> None:
-        if dim is not None:
-            if n_particles is not None or spatial_dim is not None:
-                raise ValueError("give either dim=D, or n_particles and spatial_dim, not both")
-            if dim < 1:
-                raise ValueError(f"dim must be >= 1, got {dim}")
-            self.event_shape = (int(dim),)
-            self.particle_shape = None
-        else:
-            if n_particles is None or spatial_dim is None:
-                raise ValueError("PeriodicSpace needs dim=D or n_particles and spatial_dim")
-            if n_particles < 1 or spatial_dim < 1:
-                raise ValueError(
-                    f"n_particles and spatial_dim must be >= 1, got {n_particles}, {spatial_dim}"
-                )
-            self.event_shape = (int(n_particles), int(spatial_dim))
-            self.particle_shape = self.event_shape
+        self.event_shape, self.particle_shape = _layout("PeriodicSpace", n_particles,
+                                                        spatial_dim, dim)
         width = self.event_shape[-1]
         lengths = [float(box)] * width if isinstance(box, (int, float)) else \
             [float(b) for b in box]
