@@ -170,7 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plugins", help="list registered components and failed plugins")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
+    _add_plugin_commands(sub)
     return p
+
+
+def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
+    """Let installed plugins add sub-commands (hook ``register_commands``)."""
+    reg = default_registry()
+    for impl in reg.pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(subparsers=sub)
+        except Exception as exc:  # a broken plugin command must not break the CLI
+            reg.record_failure(impl.plugin_name, exc)
 
 
 def main(argv: list[str] | None = None) -> int:

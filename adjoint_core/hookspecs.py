@@ -22,6 +22,8 @@ and ``my_package/plugin.py``::
 
 from __future__ import annotations
 
+import argparse
+
 import pluggy
 
 PROJECT = "adjoint_core"
@@ -69,3 +71,17 @@ def register_buffers() -> dict:
 @hookspec
 def register_metrics() -> dict:
     """Return ``{name: callable}`` of sample-quality metrics ``f(samples, reference, **kw)``."""
+
+
+@hookspec
+def register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add sub-commands to the ``adjoint-core`` command line.
+
+    Call ``subparsers.add_parser(name, help=...)``, add the arguments and set
+    ``parser.set_defaults(func=run)`` where ``run(args) -> int`` returns the exit status.
+    A plugin whose hook raises (or whose command name clashes with another) is reported by
+    ``adjoint-core plugins`` and the other commands still work.
+
+    Args:
+        subparsers: The ``argparse`` sub-parser collection of ``adjoint-core``.
+    """

@@ -71,6 +71,7 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self._entries: dict[str, dict[str, ComponentEntry]] = {k: {} for k in KINDS}
         self.failures: list[PluginFailure] = []
+        self._distributions: dict[str, str] = {}
         if load_entry_points:
             self.load_entry_points()
 
@@ -100,6 +101,7 @@ class Registry:
             name: Plugin name (shown by ``adjoint-core plugins``).
             distribution: Distribution it came from.
         """
+        self._distributions[name] = distribution
         try:
             self.pm.register(plugin, name=name)
         except Exception as exc:
@@ -116,6 +118,10 @@ class Registry:
                     continue
                 for cname, factory in table.items():
                     self.register(kind, cname, factory, plugin=name, distribution=distribution)
+
+    def record_failure(self, plugin_name: str, exc: BaseException) -> None:
+        """Record that a registered plugin failed later (e.g. while adding CLI commands)."""
+        self._fail(plugin_name, self._distributions.get(plugin_name, "<unknown>"), exc)
 
     def _fail(self, name: str, dist: str, exc: BaseException) -> None:
         failure = PluginFailure(name, dist, f"{type(exc).__name__}: {exc}")
