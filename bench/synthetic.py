@@ -27,6 +27,7 @@ import torch
 
 from adjoint_core import metrics
 from adjoint_core.config import load_config
+from adjoint_core.importance import importance_resample
 from adjoint_core.run import _reference_for, evaluate_samples, load_run, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,11 @@ def main() -> None:
     p.add_argument("--out", default=None, help="JSON path (default bench/results/...)")
     p.add_argument("--run-dir", default=None)
     p.add_argument("--fresh", action="store_true", help="delete an existing run dir first")
+    p.add_argument("--resample", type=int, default=0, metavar="K",
+                   help="also report importance-resampled samples: simulate K x n-samples "
+                        "paths and resample n-samples by path weights (0: off)")
+    p.add_argument("--eval-only", action="store_true",
+                   help="do not train: evaluate the run directory's latest checkpoint")
     args = p.parse_args()
 
     name = f"{args.system}_{args.budget}"
@@ -61,7 +67,10 @@ def main() -> None:
         shutil.rmtree(run_dir)
 
     t0 = time.perf_counter()
-    record = train_run(cfg, run_dir, progress=True)
+    if args.eval_only:
+        record = json.loads((run_dir / "metrics.json").read_text())
+    else:
+        record = train_run(cfg, run_dir, progress=True)
     train_wall = time.perf_counter() - t0
 
     sampler = load_run(run_dir)
@@ -81,6 +90,18 @@ def main() -> None:
                     "nonfinite_energies": float((~torch.isfinite(e)).sum()),
                     "note": "no reference samples for this system: W2 metrics not computed"})
     eval_wall = time.perf_counter() - t0
+    resampled = None
+    if args.resample:
+        t0 = time.perf_counter()
+        rs = importance_resample(sampler, args.n_samples, args.resample,
+                                 generator=torch.Generator().manual_seed(2025))
+        resampled = {"oversample": args.resample, "paths_simulated": rs.n_drawn,
+                     "energy_evals": rs.n_drawn, "ess": rs.ess, "unique_states": rs.n_unique}
+        if reference is not None:
+            resampled.update(evaluate_samples(rs.x, reference, sampler.energy, sampler.space,
+                                              args.n_samples, args.n_samples,
+                                              ("papers", "invariant"), seed=cfg.seed))
+        resampled["wall_time_s"] = round(time.perf_counter() - t0, 2)
 
     c = record["counters"]
     out = {
@@ -89,13 +110,15 @@ def main() -> None:
         "config": str(cfg_path.relative_to(ROOT)),
         "epochs": c["epoch"],
         "metrics": res,
+        "metrics_resampled": resampled,
         "counts": {"energy_evals": c["energy_evals"], "model_evals": c["model_evals"],
                    "grad_steps": c["grad_steps"],
                    "grad_steps_per_energy_eval": c["grad_steps"] / max(c["energy_evals"], 1),
                    "nonfinite_dropped": c["nonfinite_dropped"]},
         "wall_time_s": {**{k: round(v, 2) for k, v in record["timers"].items()},
                         "final_evaluation": round(eval_wall, 2),
-                        "train_command_total": round(train_wall, 2)},
+                        "train_command_total": None if args.eval_only else round(train_wall, 2)},
+        "evaluated_without_retraining": bool(args.eval_only),
         "training_evaluations": record["evaluations"],
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "torch": str(torch.__version__), "device": cfg.device},
@@ -103,8 +126,8 @@ def main() -> None:
     path = Path(args.out or ROOT / "bench" / "results" / f"{name}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(out["metrics"] | out["counts"] | {"wall_time_s": out["wall_time_s"]},
-                     indent=2))
+    print(json.dumps(out["metrics"] | out["counts"] | {"wall_time_s": out["wall_time_s"]}
+                     | {"resampled": resampled}, indent=2))
 
 
 if __name__ == "__main__":
