@@ -3,8 +3,9 @@
 Commands::
 
     adjoint-core train CONFIG --out RUN_DIR
-    adjoint-core sample RUN_DIR --num-samples N --out FILE.npy
+    adjoint-core sample RUN_DIR --num-samples N --out FILE.npy [--resample K]
     adjoint-core evaluate FILE.npy --reference REF.npy --energy NAME [--out FILE.json]
+    adjoint-core mcmc CONFIG --out FILE.npy   (samples + FILE.json convergence report)
     adjoint-core plugins
 
 ``train`` also runs data-parallel under ``torchrun --nproc-per-node N adjoint-core train …``
@@ -71,6 +72,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     sampler = load_run(args.run_dir, device=args.device)
     gen = torch.Generator(device=sampler.device).manual_seed(args.seed)
     bs = args.batch_size or sampler.settings.sim_batch_size
+    if args.resample:
+        from .importance import importance_resample
+
+        if args.resample < 1:
+            raise ConfigError(f"--resample must be an integer >= 1 (oversampling factor), got "
+                              f"{args.resample}")
+        print(f"simulating {args.resample} x {args.num_samples} paths for importance resampling")
+        rs = importance_resample(sampler, args.num_samples, args.resample, generator=gen,
+                                 n_steps=args.n_steps, batch_size=bs)
+        x = sampler.space.flatten(rs.x).cpu().numpy()
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, x)
+        print(f"wrote {x.shape[0]} importance-resampled samples of width {x.shape[1]} to {out} "
+              f"(normalised ESS {rs.ess:.4f} of {rs.n_drawn} paths, {rs.n_unique} distinct)")
+        return 0
     chunks = []
     with tqdm(total=args.num_samples, desc="sampling", unit="sample",
               disable=args.no_progress) as bar:
@@ -114,6 +131,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mcmc(args: argparse.Namespace) -> int:
+    """``adjoint-core mcmc`` (see :mod:`adjoint_core.mcmc_run`)."""
+    from .mcmc_run import run_mcmc_config
+
+    report = run_mcmc_config(args.config, args.out, progress=not args.no_progress)
+    print(json.dumps({k: report[k] for k in ("samples", "shape", "diagnostics", "wall_time_s")}
+                     | ({"evaluation": report["evaluation"]} if "evaluation" in report else {}),
+                     indent=2))
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     """``adjoint-core plugins``."""
     reg = default_registry()
@@ -152,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
     s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--resample", type=int, default=0, metavar="K",
+                   help="simulate K x N paths and resample N by their path weights "
+                        "(costs K x N energy evaluations; see adjoint_core.importance)")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("evaluate", help="energy W2 and geometric W2 of samples vs a reference")
@@ -166,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", default=None, help="write the JSON here too")
     e.set_defaults(func=cmd_evaluate)
+
+    mc = sub.add_parser("mcmc", help="MALA/RWM (optionally tempered) MCMC on a config's energy")
+    mc.add_argument("config", help="config (YAML) with energy, space and an mcmc: section")
+    mc.add_argument("--out", required=True, help="output .npy; the report goes to .json beside")
+    mc.add_argument("--no-progress", action="store_true")
+    mc.set_defaults(func=cmd_mcmc)
 
     pl = sub.add_parser("plugins", help="list registered components and failed plugins")
     pl.add_argument("--json", action="store_true")

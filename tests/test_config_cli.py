@@ -124,6 +124,13 @@ def test_train_sample_evaluate_and_resume(tmp_path, capsys):
     x = np.load(out)
     assert x.shape == (50, 8) and np.isfinite(x).all()
     assert np.abs(x.reshape(50, 4, 2).mean(1)).max() < 1e-5
+    # importance-resampled samples: drawn from the 3 x 50 simulated paths
+    out_rs = tmp_path / "resampled.npy"
+    assert main(["sample", str(run), "--num-samples", "50", "--out", str(out_rs),
+                 "--resample", "3", "--no-progress"]) == 0
+    assert "importance-resampled" in capsys.readouterr().out
+    xr = np.load(out_rs)
+    assert xr.shape == (50, 8) and np.isfinite(xr).all()
 
     res_path = tmp_path / "eval.json"
     assert main(["evaluate", str(out), "--reference", str(ref), "--energy", "dw4",
