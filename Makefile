@@ -1,5 +1,5 @@
 # Every target first creates/refreshes .venv (scripts/bootstrap.sh) with the core and all plugins.
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test lint docs clean
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -12,6 +12,11 @@ demo: venv
 test: venv
 	.venv/bin/ruff check .
 	OMP_NUM_THREADS=1 .venv/bin/python -m pytest -n 2 -q
+
+## Build the HTML docs into docs/_build/html (fresh build; warnings are errors).
+docs: venv
+	OMP_NUM_THREADS=1 .venv/bin/python -m sphinx -W --keep-going -E -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 lint: venv
 	.venv/bin/ruff check .

@@ -10,13 +10,15 @@ from .buffer import Buffer, ReplayBuffer
 from .energy import Energy
 from .gaussian import GaussianEnergy
 from .hookspecs import hookimpl
-from .mcmc import MCMCResult, run_mcmc
+from .idem import IDEMSampler, IDEMSettings
+from .mcmc import MCMCResult, MCMCSettings, run_mcmc
 from .models import MLP, Model
 from .periodic import PeriodicMLP, radial_distribution
 from .registry import ConfigError, Registry, default_registry
 from .sampler import AdjointSampler, TrainSettings
 from .schedules import GeometricSchedule, LinearSchedule, NoiseSchedule
 from .spaces import EuclideanSpace, PeriodicSpace, StateSpace
+from .torsional import TorsionalSpace
 from .von_mises import VonMisesEnergy
 
 __version__ = "0.1.0"
@@ -30,6 +32,7 @@ __all__ = [
     "StateSpace",
     "EuclideanSpace",
     "PeriodicSpace",
+    "TorsionalSpace",
     "NoiseSchedule",
     "GeometricSchedule",
     "LinearSchedule",
@@ -38,6 +41,9 @@ __all__ = [
     "PeriodicMLP",
     "run_mcmc",
     "MCMCResult",
+    "MCMCSettings",
+    "IDEMSampler",
+    "IDEMSettings",
     "radial_distribution",
     "Buffer",
     "ReplayBuffer",

@@ -12,6 +12,7 @@ from .models import MLP
 from .periodic import mlp_periodic
 from .schedules import GeometricSchedule, LinearSchedule
 from .spaces import EuclideanSpace, PeriodicSpace, StateSpace
+from .torsional import TorsionalSpace
 from .von_mises import von_mises
 
 
@@ -29,7 +30,7 @@ def register_energies() -> dict:  # noqa: D103
 
 @hookimpl
 def register_spaces() -> dict:  # noqa: D103
-    return {"euclidean": EuclideanSpace, "periodic": PeriodicSpace}
+    return {"euclidean": EuclideanSpace, "periodic": PeriodicSpace, "torsional": TorsionalSpace}
 
 
 @hookimpl

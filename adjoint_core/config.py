@@ -25,6 +25,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .idem import IDEMSettings
+from .mcmc import MCMCSettings
 from .registry import ConfigError, Registry, default_registry
 from .sampler import TrainSettings
 
@@ -82,6 +84,12 @@ class RunConfig(BaseModel):
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
     checkpoint_every: int = Field(1, ge=1)
+    #: Training algorithm: Adjoint Sampling, or iDEM (:mod:`adjoint_core.idem`, settings in
+    #: ``idem:``; budgets stay in ``train:``).
+    algorithm: Literal["adjoint", "idem"] = "adjoint"
+    idem: IDEMSettings = IDEMSettings()
+    #: Settings of ``adjoint-core mcmc`` on this config's energy (unused by ``train``).
+    mcmc: MCMCSettings | None = None
 
 
 def _format_validation(exc: ValidationError, source: str) -> str:

@@ -26,11 +26,19 @@ import argparse
 
 import pluggy
 
+#: Name of the pluggy project and of the entry-point group plugins register under.
 PROJECT = "adjoint_core"
+#: Decorator marking the hook specifications below.
 hookspec = pluggy.HookspecMarker(PROJECT)
+#: Decorator marking a plugin's hook implementations (``@hookimpl def register_energies()``).
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-__all__ = ["hookspec", "hookimpl", "PROJECT", "KINDS"]
+__all__ = [
+    "hookspec", "hookimpl", "PROJECT", "KINDS",
+    # the hook specifications: what a plugin may implement
+    "register_energies", "register_spaces", "register_schedules", "register_models",
+    "register_buffers", "register_metrics", "register_commands",
+]
 
 #: Component kinds, the hook that registers each, and the config section naming it.
 KINDS = {

@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
+#: Alignment protocol of the geometric W2: ``"papers"`` (as the published codes) or
+#: ``"invariant"`` (see :func:`geometric_w2`).
 AlignmentProtocol = Literal["papers", "invariant"]
 
 _PROTOCOLS = ("papers", "invariant")

@@ -60,6 +60,14 @@ def build_sampler(cfg: RunConfig, registry: Registry | None = None,
         device: str | torch.device = dist_ctx.device
     else:
         device = distributed.resolve_device("auto") if cfg.device == "auto" else cfg.device
+    if cfg.algorithm == "idem":
+        if dist_ctx is not None:
+            raise ConfigError("algorithm: idem does not support data-parallel training "
+                              "(launch without torchrun)")
+        from .idem import IDEMSampler
+
+        return IDEMSampler(c["energy"], c["space"], c["schedule"], c["model"], c["buffer"],
+                           settings=cfg.train, idem=cfg.idem, seed=cfg.seed, device=device)
     return AdjointSampler(c["energy"], c["space"], c["schedule"], c["model"], c["buffer"],
                           settings=cfg.train, seed=cfg.seed, device=device,
                           distributed=dist_ctx is not None)
@@ -283,7 +291,7 @@ def _train(
         save_checkpoint(ckpt, state, cfg_dict)
         from .plotting import plot_run
 
-        plot_run(out, sampler, record, reference, samples=x)
+        plot_run(out, sampler, record, reference, samples=x, n=cfg.eval.n_samples)
     return distributed.broadcast_object(record) if ctx is not None else record
 
 

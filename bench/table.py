@@ -24,6 +24,8 @@ def main() -> None:
     rows = []
     for path in sorted((Path(__file__).parent / "results").glob("*.json")):
         r = json.loads(path.read_text())
+        if "metrics" not in r:  # another script's results (e.g. bench/baselines.py)
+            continue
         m, c, w = r["metrics"], r["counts"], r["wall_time_s"]
         pub = PUBLISHED.get(r["system"])
         rows.append("| " + " | ".join([

@@ -17,7 +17,7 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 fi
 echo "[bootstrap] installing core + plugins into .venv"
 .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-args=(-c constraints.txt -e ".[dev]")
+args=(-c constraints.txt -e ".[dev,docs]")
 for p in plugins/*/; do args+=(-e "$p"); done
 .venv/bin/python -m pip install --quiet "${args[@]}" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 echo "$want" > "$stamp"

@@ -108,7 +108,7 @@ def test_bad_arguments_rejected():
     energy = gaussian(dim=2)
     space = EuclideanSpace(dim=2)
     with pytest.raises(ValueError, match="method"):
-        run_mcmc(energy, space, method="hmc")
+        run_mcmc(energy, space, method="nuts")
     with pytest.raises(ValueError, match="x0"):
         run_mcmc(energy, space, n_chains=4, x0=torch.zeros(3, 2))
     with pytest.raises(ValueError, match="event shape"):

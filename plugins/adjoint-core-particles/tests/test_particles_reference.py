@@ -63,9 +63,10 @@ def test_find_reference_uses_env_var(tmp_path, monkeypatch):
 
 
 def test_find_reference_unknown_name():
-    with pytest.raises(ValueError, match="known: dw4, lj13"):
+    with pytest.raises(ValueError, match="known: dw4, lj13, lj55"):
         find_reference("lj99")
-    assert REFERENCE_FILES == {"dw4": "dw4_val.npy", "lj13": "lj13_val.npy"}
+    assert REFERENCE_FILES == {"dw4": "dw4_val.npy", "lj13": "lj13_val.npy",
+                               "lj55": "lj55_mcmc.npy"}
 
 
 def _require(name):

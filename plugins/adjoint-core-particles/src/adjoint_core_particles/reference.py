@@ -10,7 +10,12 @@ is **not** mean-free, so :func:`load_reference` removes the centre of mass by de
 2. ``../shared/data/particles`` relative to the current working directory;
 3. ``<ancestor>/shared/data/particles`` for every ancestor of the current working directory
    and of this module's directory (so a ``shared/`` folder beside the repository root is
-   found from anywhere inside the repository).
+   found from anywhere inside the repository);
+4. ``<ancestor>/data`` for the same ancestors: the repository's own ``data/`` folder, where
+   generated references live. ``lj55`` is such a set: it is not shipped, it is produced by the
+   project's reference sampler with
+   ``adjoint-core mcmc examples/lj55_mcmc.yaml --out data/lj55_mcmc.npy`` (see
+   ``docs/baselines.md``; git-ignored).
 """
 
 from __future__ import annotations
@@ -34,10 +39,12 @@ __all__ = [
 DATA_ENV_VAR = "ADJOINT_CORE_DATA"
 
 #: Known reference sets: name → file name.
-REFERENCE_FILES: dict[str, str] = {"dw4": "dw4_val.npy", "lj13": "lj13_val.npy"}
+REFERENCE_FILES: dict[str, str] = {"dw4": "dw4_val.npy", "lj13": "lj13_val.npy",
+                                   "lj55": "lj55_mcmc.npy"}
 
 #: Known reference sets: name → ``(n_particles, spatial_dim)``.
-REFERENCE_SHAPES: dict[str, tuple[int, int]] = {"dw4": (4, 2), "lj13": (13, 3)}
+REFERENCE_SHAPES: dict[str, tuple[int, int]] = {"dw4": (4, 2), "lj13": (13, 3),
+                                                "lj55": (55, 3)}
 
 
 def _search_dirs() -> list[Path]:
@@ -50,6 +57,9 @@ def _search_dirs() -> list[Path]:
     for start in (Path(__file__).resolve().parent, cwd.resolve()):
         for ancestor in (start, *start.parents):
             dirs.append(ancestor / "shared" / "data" / "particles")
+    for start in (Path(__file__).resolve().parent, cwd.resolve()):
+        for ancestor in (start, *start.parents):
+            dirs.append(ancestor / "data")
     return dirs
 
 
@@ -57,7 +67,7 @@ def find_reference(name: str) -> Path | None:
     """Path of a known reference file, or ``None`` if it cannot be found.
 
     Args:
-        name: A key of :data:`REFERENCE_FILES` (``"dw4"`` or ``"lj13"``).
+        name: A key of :data:`REFERENCE_FILES` (``"dw4"``, ``"lj13"`` or ``"lj55"``).
 
     Returns:
         The first existing candidate (see the module docstring for the search order), or
@@ -129,7 +139,7 @@ def load_reference(
 def load_named_reference(
     name: str, mean_free: bool = True, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Find and load a known reference set (``"dw4"`` or ``"lj13"``).
+    """Find and load a known reference set (``"dw4"``, ``"lj13"`` or ``"lj55"``).
 
     Args:
         name: A key of :data:`REFERENCE_FILES`.

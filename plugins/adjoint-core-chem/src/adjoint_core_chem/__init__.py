@@ -1,0 +1,19 @@
+"""Chemistry plugin of adjoint-core: molecular conformers from SMILES.
+
+Modules (see each docstring):
+
+- :mod:`adjoint_core_chem.molecule`: ``mol_from_smiles`` → :class:`Molecule` (atomic numbers,
+  atom types, bonds / ``edge_index``, model context, optional ETKDG geometry);
+- :mod:`adjoint_core_chem.energy`: MMFF94 (RDKit) and GFN2-xTB (tblite) energies in kcal/mol,
+  the bond-structure regulariser;
+- :mod:`adjoint_core_chem.model`: the graph-conditioned molecular EGNN;
+- :mod:`adjoint_core_chem.amortized`: amortized training over many molecules;
+- :mod:`adjoint_core_chem.metrics`: coverage / AMR with symmetry-aware heavy-atom RMSD;
+- :mod:`adjoint_core_chem.commands`: the ``chem-train`` and ``conformers`` commands.
+"""
+
+from __future__ import annotations
+
+from .molecule import Molecule, MoleculeError, mol_from_smiles
+
+__all__ = ["Molecule", "MoleculeError", "mol_from_smiles"]

@@ -1,0 +1,154 @@
+"""``adjoint-core`` sub-commands of the chemistry plugin: ``chem-train`` and ``conformers``.
+
+``adjoint-core chem-train CONFIG --out RUN_DIR`` trains (or resumes) an amortized sampler
+(:mod:`adjoint_core_chem.amortized`).
+
+``adjoint-core conformers RUN_DIR --smiles-file FILE --num-conformers K --out DIR
+[--relax none|mmff|xtb]`` writes ``DIR/<name>.sdf`` per molecule: K conformers with hydrogens,
+each with the properties ``conformer_id``, ``energy_mmff_kcal_mol`` (and
+``energy_xtb_kcal_mol`` after an xTB relaxation) and ``relaxed``. Molecules that cannot be
+parsed, have an unsupported element or cannot be typed by MMFF are skipped and reported (in the
+output and in ``DIR/summary.json``); the others are still written. Exit status 0 when every
+molecule succeeded, 1 when none did, 2 when some were skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+import torch
+from rdkit import Chem
+
+from .amortized import load_amortized, sample_conformers, train_amortized
+from .energy import MMFFEnergy, XTBEnergy
+from .molecule import Molecule, MoleculeError, mol_from_smiles, read_smiles_file
+
+__all__ = ["add_commands", "generate_for_molecule", "write_sdf"]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:100] or "molecule"
+
+
+def write_sdf(path: Path, molecule: Molecule, positions: torch.Tensor,
+              props: dict[str, list]) -> None:
+    """Write ``positions`` ``(K, N, 3)`` of ``molecule`` as K SDF records with properties."""
+    mol = molecule.with_conformers(positions)
+    mol.SetProp("_Name", molecule.name)
+    mol.SetProp("smiles", molecule.smiles)
+    with Chem.SDWriter(str(path)) as writer:
+        for k, conf in enumerate(mol.GetConformers()):
+            for key, values in props.items():
+                v = values[k]
+                if isinstance(v, float):
+                    mol.SetDoubleProp(key, v)
+                else:
+                    mol.SetProp(key, str(v))
+            writer.write(mol, confId=conf.GetId())
+
+
+def generate_for_molecule(model, schedule, molecule: Molecule, k: int, n_steps: int,
+                          relax: str = "none", relax_steps: int = 200, seed: int = 0,
+                          batch_size: int = 256) -> tuple[torch.Tensor, dict[str, list]]:
+    """Generate ``k`` conformers, optionally relax them, and compute their energies.
+
+    Returns:
+        ``(positions (k, N, 3) in Å, properties {name: [k values]})``.
+
+    Raises:
+        MoleculeError: MMFF cannot type the molecule.
+    """
+    mmff = MMFFEnergy(molecule)
+    gen = torch.Generator().manual_seed(seed)
+    x = sample_conformers(model, molecule, k, schedule, n_steps, gen, batch_size)
+    props: dict[str, list] = {"conformer_id": list(range(k)), "relaxed": [relax] * k}
+    if relax == "mmff":
+        x = mmff.minimize(x, max_iters=relax_steps)
+    elif relax == "xtb":
+        xtb = XTBEnergy(molecule)
+        x = xtb.minimize(x, max_iters=relax_steps)
+        props["energy_xtb_kcal_mol"] = [float(v) for v in xtb.energy(x.double())]
+    props["energy_mmff_kcal_mol"] = [float(v) for v in mmff.energy(x.double())]
+    return x, props
+
+
+def _run_conformers(args: argparse.Namespace) -> int:
+    if (Path(args.run_dir) / "torsion_config.yaml").is_file():  # adjoint-core-torsion run
+        from adjoint_core_torsion.commands import run_conformers
+
+        return run_conformers(args)
+    model, schedule, cfg = load_amortized(args.run_dir)
+    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = read_smiles_file(args.smiles_file)
+    if args.limit:
+        rows = rows[:args.limit]
+    n_steps = args.n_sde_steps or cfg.train.n_sde_steps
+    done, skipped = [], []
+    for idx, (name, smi) in enumerate(rows):
+        t0 = time.perf_counter()
+        try:
+            mol = mol_from_smiles(smi, name)
+            x, props = generate_for_molecule(model, schedule, mol, args.num_conformers, n_steps,
+                                             args.relax, args.relax_steps, args.seed + idx,
+                                             args.batch_size)
+        except (MoleculeError, RuntimeError) as exc:
+            skipped.append({"name": name, "smiles": smi, "reason": str(exc)})
+            print(f"skipped {name}: {exc}")
+            continue
+        path = out / f"{_safe(name)}.sdf"
+        write_sdf(path, mol, x, props)
+        e = torch.tensor(props["energy_mmff_kcal_mol"])
+        done.append({"name": name, "smiles": smi, "sdf": str(path), "n_conformers": len(x),
+                     "min_energy_mmff": float(e.nanquantile(0.0)) if e.isfinite().any()
+                     else None, "seconds": time.perf_counter() - t0})
+        print(f"{name}: {len(x)} conformers -> {path} ({done[-1]['seconds']:.1f} s)")
+    (out / "summary.json").write_text(json.dumps(
+        {"run_dir": str(args.run_dir), "num_conformers": args.num_conformers,
+         "relax": args.relax, "n_sde_steps": n_steps, "written": done, "skipped": skipped},
+        indent=2))
+    print(f"{len(done)} molecule(s) written, {len(skipped)} skipped"
+          + (": " + ", ".join(s["name"] for s in skipped) if skipped else ""))
+    if not done and rows:
+        return 1
+    return 2 if skipped else 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    torch.set_num_threads(max(1, args.threads))
+    rec = train_amortized(args.config, args.out)
+    print(f"trained to epoch {rec['stopped_at_epoch']}; run directory {args.out}")
+    return 0
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``chem-train`` and ``conformers`` to the ``adjoint-core`` command line."""
+    p = subparsers.add_parser("chem-train", help="train an amortized conformer sampler "
+                              "(chemistry plugin)")
+    p.add_argument("config", help="chemistry YAML config (kind: chem_amortized)")
+    p.add_argument("--out", required=True, help="run directory (resumed if it exists)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.set_defaults(func=_run_train)
+
+    c = subparsers.add_parser("conformers", help="generate conformers from SMILES with a "
+                              "trained amortized sampler (one SDF per molecule)")
+    c.add_argument("run_dir", help="run directory of `adjoint-core chem-train`")
+    c.add_argument("--smiles-file", required=True,
+                   help="TSV with a SMILES column, or lines 'SMILES [name]'")
+    c.add_argument("--num-conformers", type=int, required=True, help="conformers per molecule")
+    c.add_argument("--out", required=True, help="output folder for the SDF files")
+    c.add_argument("--relax", choices=["none", "mmff", "xtb"], default="none",
+                   help="short minimisation of the generated conformers")
+    c.add_argument("--relax-steps", type=int, default=200, help="minimiser iterations")
+    c.add_argument("--n-sde-steps", type=int, default=None,
+                   help="Euler-Maruyama steps (default: the training value)")
+    c.add_argument("--batch-size", type=int, default=256, help="conformers simulated at once")
+    c.add_argument("--seed", type=int, default=0, help="seed (molecule i uses seed + i)")
+    c.add_argument("--limit", type=int, default=0, help="only the first N molecules (0: all)")
+    c.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    c.set_defaults(func=_run_conformers)

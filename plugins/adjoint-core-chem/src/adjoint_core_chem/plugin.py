@@ -1,0 +1,103 @@
+"""Entry point ``adjoint_core: chem`` — the chemistry plugin's energies, models and commands.
+
+Registered:
+
+* energies ``mmff`` and ``xtb``: one molecule given by ``smiles`` (config
+  ``energy: {name: mmff, smiles: "CCO", temperature: 0.596, regularize: true}``) on a
+  ``euclidean`` space with ``n_particles`` = the molecule's atom count (hydrogens included),
+  ``spatial_dim: 3``, ``mean_free: true``;
+* model ``molecular_egnn``: :class:`~adjoint_core_chem.model.MolecularEGNN` bound to the
+  context of ``smiles`` (single-molecule runs of the core loop);
+* commands ``chem-train`` (amortized training over many molecules) and ``conformers``
+  (SDF files from SMILES), see :mod:`adjoint_core_chem.commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from adjoint_core import hookimpl
+from adjoint_core.models import Model
+from adjoint_core.spaces import StateSpace
+
+from .energy import KT_300K, make_energy
+from .model import MolecularEGNN
+from .molecule import mol_from_smiles
+
+__all__ = ["mmff", "xtb", "molecular_egnn", "BoundContextModel"]
+
+
+def _checked(smiles: str, space: StateSpace | None):
+    mol = mol_from_smiles(smiles)
+    if space is not None and tuple(space.event_shape) != (mol.n_atoms, 3):
+        raise ValueError(f"molecule {smiles!r} has {mol.n_atoms} atoms (with H): the space needs "
+                         f"n_particles={mol.n_atoms}, spatial_dim=3, got event shape "
+                         f"{tuple(space.event_shape)}")
+    return mol
+
+
+def mmff(smiles: str, temperature: float = KT_300K, regularize: bool = True,
+         alpha: float = 100.0, space: StateSpace | None = None):
+    """Registry factory: MMFF94 energy (kcal/mol) of ``smiles``, optionally regularised."""
+    return make_energy(_checked(smiles, space), "mmff", temperature, regularize, alpha)
+
+
+def xtb(smiles: str, temperature: float = KT_300K, regularize: bool = True,
+        alpha: float = 100.0, space: StateSpace | None = None):
+    """Registry factory: GFN2-xTB energy (kcal/mol) of ``smiles``, optionally regularised."""
+    return make_energy(_checked(smiles, space), "xtb", temperature, regularize, alpha)
+
+
+class BoundContextModel(Model):
+    """A context-conditioned model with one fixed context (single-molecule core runs).
+
+    Args:
+        model: The conditioned network.
+        context: The context passed on every call.
+    """
+
+    def __init__(self, model: MolecularEGNN, context: dict) -> None:
+        super().__init__()
+        self.net = model
+        self.context = context
+
+    def check_space(self, space: StateSpace) -> None:  # noqa: D102
+        self.net.check_space(space)
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor, context: dict | None = None
+                ) -> torch.Tensor:
+        """``u_θ(t, x; bound context)``; a given ``context`` overrides the bound one."""
+        return self.net(t, x, context or self.context)
+
+
+def molecular_egnn(smiles: str, hidden: int = 64, n_layers: int = 4, time_dim: int = 16,
+                   space: StateSpace | None = None) -> BoundContextModel:
+    """Registry factory: :class:`MolecularEGNN` bound to the molecule ``smiles``."""
+    mol = _checked(smiles, space)
+    return BoundContextModel(MolecularEGNN(hidden, n_layers, time_dim), mol.context())
+
+
+@hookimpl
+def register_energies() -> dict:
+    """``mmff`` and ``xtb`` single-molecule energies; ``torsional`` (either, at torsions)."""
+    from .torsion import torsional_energy
+
+    return {"mmff": mmff, "xtb": xtb, "torsional": torsional_energy}
+
+
+@hookimpl
+def register_models() -> dict:
+    """``molecular_egnn`` (EGNN) and ``molecular_torsion_net``, bound to one molecule."""
+    from .torsion import molecular_torsion_net
+
+    return {"molecular_egnn": molecular_egnn, "molecular_torsion_net": molecular_torsion_net}
+
+
+@hookimpl
+def register_commands(subparsers: argparse._SubParsersAction) -> None:
+    """``chem-train`` and ``conformers``."""
+    from .commands import add_commands
+
+    add_commands(subparsers)

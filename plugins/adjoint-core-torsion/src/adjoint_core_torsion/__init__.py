@@ -1,0 +1,11 @@
+"""adjoint-core-torsion: a torsion network for torsional Adjoint Sampling of conformers.
+
+:class:`TorsionNet` maps torsion angles ``τ (batch, K)`` of a molecule (given as a context: atom
+features, bonds, torsion quadruples and the map ``τ → x``) to one score per torsion, invariant
+to global rotations and translations. Amortized torsional training over many molecules
+(:mod:`adjoint_core_torsion.amortized`) needs the chemistry plugin.
+"""
+
+from .model import InteractionLayer, TorsionNet, torsion_net
+
+__all__ = ["TorsionNet", "InteractionLayer", "torsion_net"]
