@@ -45,6 +45,8 @@ def main() -> None:
     p.add_argument("--resample", type=int, default=0, metavar="K",
                    help="also report importance-resampled samples: simulate K x n-samples "
                         "paths and resample n-samples by path weights (0: off)")
+    p.add_argument("--protocols", nargs="+", default=["papers", "invariant"],
+                   choices=["papers", "invariant"], help="geometric W2 protocols")
     p.add_argument("--eval-only", action="store_true",
                    help="do not train: evaluate the run directory's latest checkpoint")
     args = p.parse_args()
@@ -60,6 +62,16 @@ def main() -> None:
         if not ref.is_absolute() and not ref.exists():
             cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(
                 update={"reference": str((cfg_path.parent / ref).resolve())})})
+    if not cfg.eval.reference:  # generated references (e.g. LJ-55 from `adjoint-core mcmc`)
+        try:
+            from adjoint_core_particles.reference import find_reference
+
+            found = find_reference(args.system)
+        except (ImportError, ValueError):
+            found = None
+        if found is not None:
+            cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(
+                update={"reference": str(found)})})
     run_dir = Path(args.run_dir or ROOT / "runs" / "bench" / name)
     if args.fresh and run_dir.exists():
         import shutil
@@ -81,7 +93,7 @@ def main() -> None:
     res: dict = {"path_ess": metrics.path_ess(log_w[torch.isfinite(log_w)].numpy())}
     if reference is not None:
         res.update(evaluate_samples(x, reference, sampler.energy, sampler.space,
-                                    args.n_samples, args.n_samples, ("papers", "invariant"),
+                                    args.n_samples, args.n_samples, tuple(args.protocols),
                                     seed=cfg.seed))
     else:
         with torch.no_grad():
@@ -100,7 +112,7 @@ def main() -> None:
         if reference is not None:
             resampled.update(evaluate_samples(rs.x, reference, sampler.energy, sampler.space,
                                               args.n_samples, args.n_samples,
-                                              ("papers", "invariant"), seed=cfg.seed))
+                                              tuple(args.protocols), seed=cfg.seed))
         resampled["wall_time_s"] = round(time.perf_counter() - t0, 2)
 
     c = record["counters"]

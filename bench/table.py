@@ -36,6 +36,19 @@ def main() -> None:
             f"{c['energy_evals']:,}", f"{c['grad_steps']:,}",
             f"{w['simulate']:.0f} / {w['energy']:.1f} / {w['train']:.0f}",
         ]) + " |")
+        rs = r.get("metrics_resampled")
+        if rs:  # importance-resampled samples of the same run (adjoint_core.importance)
+            rows.append("| " + " | ".join([
+                r["system"], f"{r['budget']} + importance resampling ×{rs['oversample']}",
+                str(r["epochs"]),
+                fmt(rs.get("geometric_w2_papers")), fmt(rs.get("geometric_w2_invariant")),
+                fmt(rs.get("euclidean_w2")), fmt(rs.get("energy_w2")),
+                f"{fmt(rs.get('ess'))} ({rs['unique_states']:,} distinct)",
+                f"{pub[0]} / {pub[1]}" if pub else "—",
+                f"{c['energy_evals']:,} + {rs['energy_evals']:,}", f"{c['grad_steps']:,}",
+                f"{w['simulate']:.0f} / {w['energy']:.1f} / {w['train']:.0f} "
+                f"(+{rs['wall_time_s']:.0f} resampling)",
+            ]) + " |")
     print("| system | budget | epochs | geom. W2 (papers) | geom. W2 (invariant) | Eucl. W2 | "
           "energy W2 | path ESS | AS paper geom./energy W2 | energy evals | grad steps | "
           "wall s simulate / energy / train |")
