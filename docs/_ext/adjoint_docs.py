@@ -209,11 +209,18 @@ def _assigns(module: ModuleType, name: str) -> bool:
 
 
 def _undocumented_members(cls: type, full: str) -> Iterator[str]:
+    home = sys.modules.get(cls.__module__)
+    home_file = getattr(home, "__file__", None)
     for name, value in vars(cls).items():
         if name.startswith("_"):
             continue
         if isinstance(value, (staticmethod, classmethod)):
             value = value.__func__
+        code = getattr(value, "__code__", None)
+        if code is not None and home_file and code.co_filename != home_file:
+            # Code generated into the class by a third-party base (e.g. PyG's MessagePassing
+            # writes ``collect`` from a template once an instance exists): not our API.
+            continue
         if isinstance(value, property) or inspect.isfunction(value):
             doc = inspect.getdoc(getattr(cls, name, value)) if not isinstance(value, property) \
                 else value.__doc__
