@@ -30,7 +30,8 @@ from .mcmc import MCMCSettings
 from .registry import ConfigError, Registry, default_registry
 from .sampler import TrainSettings
 
-__all__ = ["ComponentSpec", "EvalSettings", "RunConfig", "load_config", "build_components"]
+__all__ = ["ComponentSpec", "EvalSettings", "RunConfig", "load_config", "validate_config",
+           "build_components"]
 
 
 class ComponentSpec(BaseModel):
@@ -100,11 +101,14 @@ def _format_validation(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | dict) -> RunConfig:
-    """Read and validate a YAML config (or a dict).
+def validate_config(model: type[BaseModel], path: str | Path | dict) -> Any:
+    """Read a YAML config (or take a dict) and validate it as ``model``.
+
+    Shared by :func:`load_config` and the ``mcmc`` config loader.
 
     Raises:
-        ConfigError: Naming every bad field with its value and the reason.
+        ConfigError: Missing file, invalid YAML, a non-mapping document, or every bad field
+            with its value and the reason.
     """
     if isinstance(path, dict):
         data, source = path, "<dict>"
@@ -121,9 +125,18 @@ def load_config(path: str | Path | dict) -> RunConfig:
             raise ConfigError(
                 f"config {p} must be a mapping of sections, got {type(data).__name__}")
     try:
-        return RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation(exc, source)) from None
+
+
+def load_config(path: str | Path | dict) -> RunConfig:
+    """Read and validate a YAML config (or a dict).
+
+    Raises:
+        ConfigError: Naming every bad field with its value and the reason.
+    """
+    return validate_config(RunConfig, path)
 
 
 def build_components(cfg: RunConfig, registry: Registry | None = None) -> dict[str, Any]:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["Energy"]
+__all__ = ["Energy", "external_energy"]
 
 
 class Energy(ABC):
@@ -119,3 +120,38 @@ class Energy(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(event_shape={self.event_shape}, T={self.temperature})"
+
+
+class _ExternalEnergy(torch.autograd.Function):
+    """``E(x)`` computed outside autograd, with its precomputed ``∇E`` as the backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, fn) -> torch.Tensor:  # noqa: D102
+        e, g = fn(x.detach())
+        ctx.save_for_backward(g.to(x.dtype))
+        return e.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # noqa: D102
+        (g,) = ctx.saved_tensors
+        return grad_out.reshape(-1, *([1] * (g.ndim - 1))) * g, None
+
+
+def external_energy(
+    x: torch.Tensor, fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+) -> torch.Tensor:
+    """Differentiable energy from an external code that returns its own gradient.
+
+    For energies computed outside torch (RDKit force fields, quantum-chemistry codes, other
+    frameworks): ``fn`` is called once on ``x`` detached and returns ``(E, ∇E)``; the result
+    is ``E`` and back-propagating through it multiplies the saved ``∇E`` by the incoming
+    gradient, so ``torch.autograd.grad(E.sum(), x)`` returns ``∇E`` without a second call.
+
+    Args:
+        x: States ``(batch, *event_shape)``.
+        fn: ``x -> (E, ∇E)`` with shapes ``(batch,)`` and ``(batch, *event_shape)``.
+
+    Returns:
+        ``E`` of shape ``(batch,)`` in ``x``'s dtype, attached to ``x``'s graph.
+    """
+    return _ExternalEnergy.apply(x, fn)

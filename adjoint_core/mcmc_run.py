@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from .config import ComponentSpec, EvalSettings
+from .config import ComponentSpec, EvalSettings, validate_config
 from .mcmc import MCMCSettings, run_mcmc
 from .registry import ConfigError, Registry, default_registry
 
@@ -69,28 +68,7 @@ def load_mcmc_config(path: str | Path | dict) -> MCMCRunConfig:
     Raises:
         ConfigError: Missing file, bad YAML, or every bad field with its value and reason.
     """
-    if isinstance(path, dict):
-        data, source = path, "<dict>"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {p} is not valid YAML: {exc}") from None
-        source = str(p)
-        if not isinstance(data, dict):
-            raise ConfigError(f"config {p} must be a mapping of sections, got "
-                              f"{type(data).__name__}")
-    try:
-        return MCMCRunConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"invalid config {source}:"]
-        for err in exc.errors():
-            loc = ".".join(str(q) for q in err["loc"])
-            lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
-        raise ConfigError("\n".join(lines)) from None
+    return validate_config(MCMCRunConfig, path)
 
 
 def run_mcmc_config(

@@ -42,7 +42,7 @@ import torch
 from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem
 
-from adjoint_core.energy import Energy
+from adjoint_core.energy import Energy, external_energy
 
 from .molecule import Molecule, MoleculeError
 
@@ -68,21 +68,6 @@ VDW_RADII = {1: 1.10, 6: 1.70, 8: 1.52, 7: 1.55, 9: 1.47, 17: 1.75, 35: 1.83, 16
              53: 1.98, 15: 1.80}
 
 
-class _External(torch.autograd.Function):
-    """``E(x)`` from an external code with its analytic gradient as the backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, fn) -> torch.Tensor:  # noqa: D102
-        e, g = fn(x.detach())
-        ctx.save_for_backward(g.to(x.dtype))
-        return e.to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # noqa: D102
-        (g,) = ctx.saved_tensors
-        return grad_out.view(-1, *([1] * (g.ndim - 1))) * g, None
-
-
 class _MoleculeEnergy(Energy):
     """Base of the per-molecule energies: event shape ``(N, 3)``, external gradient."""
 
@@ -97,7 +82,7 @@ class _MoleculeEnergy(Energy):
         raise NotImplementedError
 
     def _energy(self, x: torch.Tensor) -> torch.Tensor:
-        return _External.apply(x, self._compute)
+        return external_energy(x, self._compute)
 
     def _energy_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e, g = self._compute(x.detach())

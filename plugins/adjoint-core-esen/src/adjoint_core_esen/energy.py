@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import torch
 
-from adjoint_core.energy import Energy
+from adjoint_core.energy import Energy, external_energy
 
 from ._fairchem import require_fairchem
 from .checkpoint import CheckpointInfo, ESENCheckpointError, inspect_checkpoint
@@ -240,21 +240,6 @@ class ESENPotential:
                 f"precision={self.precision!r}, backbone={self.info.backbone.rsplit('.', 1)[-1]})")
 
 
-class _ExternalEnergy(torch.autograd.Function):
-    """``E(x)`` computed outside autograd, with a precomputed ``∇E`` as its backward."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, fn) -> torch.Tensor:  # noqa: D102
-        e, g = fn(x.detach())
-        ctx.save_for_backward(g.to(x.dtype))
-        return e.to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # noqa: D102
-        (g,) = ctx.saved_tensors
-        return grad_out.reshape(-1, *([1] * (g.ndim - 1))) * g, None
-
-
 def _molecule_from_smiles(smiles: str):
     try:
         from adjoint_core_chem.molecule import mol_from_smiles
@@ -357,7 +342,7 @@ class ESENEnergy(Energy):
         return e * self.scale, -f * self.scale
 
     def _energy(self, x: torch.Tensor) -> torch.Tensor:
-        return _ExternalEnergy.apply(x, self._compute)
+        return external_energy(x, self._compute)
 
     def _energy_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e, g = self._compute(x)
