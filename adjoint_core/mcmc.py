@@ -44,12 +44,16 @@ states): prefer starts without overlaps (``lattice_spacing``) and no clip. Each
 proposal costs ``n_leapfrog`` evaluations. Moves are ballistic rather than diffusive, which is
 what makes it the better reference generator on many-particle systems such as LJ-55.
 
-**Step size.** One step size shared by all chains of a temperature. During burn-in it is
-adapted after every step by the Robbins–Monro update ``log ε ← log ε + γ_k (ā_k − a*)`` with
-``γ_k = (k + 1)^{-0.6}``, ``ā_k`` the mean acceptance probability over those chains at step
-``k`` and ``a*`` the target (default 0.574 for MALA, 0.65 for HMC, 0.234 for RWM, the
-optimal-scaling values). After burn-in ``ε`` is frozen, so the kept part is a
-time-homogeneous Markov chain with ``p`` invariant.
+**Step size.** By default one step size shared by all chains of a temperature. During burn-in
+it is adapted after every step by the Robbins–Monro update ``log ε ← log ε + γ_k (ā_k − a*)``
+with ``γ_k = (k + 1)^{-0.6}``, ``ā_k`` the mean acceptance probability over those chains at
+step ``k`` and ``a*`` the target (default 0.574 for MALA, 0.65 for HMC, 0.234 for RWM, the
+optimal-scaling values). With ``step_size_per_chain=True`` every chain (every replica slot)
+adapts its own ``ε`` by the same update from its own acceptance probability: a chain stuck in
+an atypical, stiff state (compressed particles) then shrinks its step until it moves again,
+instead of being frozen at the step size that suits the others. Either way ``ε`` is frozen
+after burn-in, so the kept part of every chain is a time-homogeneous Markov chain with ``p``
+invariant (a per-chain constant is as valid as a shared one).
 
 **Parallel tempering** (``temperatures=[1, T_2, …, T_m]``, replica exchange). ``n_chains``
 replicas run at each temperature ``τ·T_k`` (``T_1 = 1`` is the target), each temperature with
@@ -110,6 +114,7 @@ class MCMCSettings(BaseModel):
         jitter: HMC: relative uniform jitter of the leapfrog step.
         relax_steps: Downhill steps on the initial states before the chains start.
         lattice_spacing: Start particle chains from jittered lattice clusters of this spacing.
+        step_size_per_chain: Adapt one step size per chain instead of per temperature.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -129,6 +134,7 @@ class MCMCSettings(BaseModel):
     jitter: float = Field(0.1, ge=0, lt=1)
     relax_steps: int = Field(0, ge=0)
     lattice_spacing: float | None = Field(None, gt=0)
+    step_size_per_chain: bool = False
 
     @field_validator("temperatures")
     @classmethod
@@ -173,7 +179,9 @@ class MCMCResult:
         thin: Thinning interval.
         temperatures: The ladder (``[1.0]`` without tempering).
         acceptance_per_temperature: Post-burn-in mean acceptance per temperature.
-        step_sizes: Final step size per temperature.
+        step_sizes: Final step size per temperature (the median over chains with per-chain
+            step sizes).
+        chain_step_sizes: Final step size of every target-temperature chain, ``(n_chains,)``.
         swap_acceptance: Post-burn-in swap acceptance per adjacent pair ``(k, k+1)``.
         wall_time_s: Wall time of the run.
     """
@@ -193,6 +201,7 @@ class MCMCResult:
     temperatures: list[float] = field(default_factory=lambda: [1.0])
     acceptance_per_temperature: list[float] = field(default_factory=list)
     step_sizes: list[float] = field(default_factory=list)
+    chain_step_sizes: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     swap_acceptance: list[float] = field(default_factory=list)
     wall_time_s: float = 0.0
 
@@ -210,9 +219,13 @@ class MCMCResult:
         Returns:
             ``method, n_chains, temperatures, burn_in, n_steps, thin, n_kept, energy_evals,
             step_sizes, acceptance_per_temperature, swap_acceptance, energy_mean, energy_std,
+            step_size_range ([min, max] over target-temperature chains),
             nonfinite_chains, frozen_chains (kept states never changed: every proposal
-            rejected, e.g. a clipped HMC force in a compressed state), rhat_energy,
-            iat_energy_kept, iat_energy_steps, ess_energy, wall_time_s``.
+            rejected, e.g. a clipped HMC force in a compressed state), outlier_chains (chains
+            whose mean kept energy lies more than 6 robust standard deviations of the chain
+            means from their median: chains that never equilibrated), rhat_energy,
+            rhat_energy_without_outliers, iat_energy_kept, iat_energy_steps, ess_energy,
+            wall_time_s``.
         """
         ec = self.energy_chains()
         finite = torch.isfinite(ec).all(0)
@@ -221,6 +234,8 @@ class MCMCResult:
         n_kept = int(ec.shape[0])
         e = self.sample_energies.double()
         e = e[torch.isfinite(e)]
+        outliers = _outlier_chains(ec_ok) if n_kept else torch.zeros(0, dtype=torch.bool)
+        cs = self.chain_step_sizes
         return {
             "method": self.method,
             "n_chains": self.n_chains,
@@ -232,13 +247,18 @@ class MCMCResult:
             "n_samples": int(self.samples.shape[0]),
             "energy_evals": self.energy_evals,
             "step_sizes": list(self.step_sizes),
+            "step_size_range": ([float(cs.min()), float(cs.max())] if cs.numel()
+                                else [math.nan, math.nan]),
             "acceptance_per_temperature": list(self.acceptance_per_temperature),
             "swap_acceptance": list(self.swap_acceptance),
             "energy_mean": float(e.mean()) if e.numel() else math.nan,
             "energy_std": float(e.std()) if e.numel() > 1 else math.nan,
             "nonfinite_chains": int((~finite).sum()),
             "frozen_chains": int((ec_ok.std(0) == 0).sum()) if n_kept > 1 else 0,
+            "outlier_chains": int(outliers.sum()),
             "rhat_energy": _split_rhat(ec_ok) if ec_ok.shape[1] else math.nan,
+            "rhat_energy_without_outliers": (_split_rhat(ec_ok[:, ~outliers])
+                                             if int((~outliers).sum()) else math.nan),
             "iat_energy_kept": iat,
             "iat_energy_steps": iat * self.thin,
             "ess_energy": (n_kept * int(ec_ok.shape[1]) / iat) if iat == iat else math.nan,
@@ -306,6 +326,23 @@ def _drift(g: torch.Tensor, tau: torch.Tensor, grad_clip: float | None) -> torch
         norm = b.flatten(1).norm(dim=-1).view(view)
         b = b * torch.clamp(grad_clip / (norm + 1e-12), max=1.0)
     return b
+
+
+def _outlier_chains(chains: torch.Tensor, k: float = 6.0) -> torch.Tensor:
+    """Chains whose mean lies ``> k`` robust standard deviations from the median chain mean.
+
+    ``chains`` is ``(n_kept, n_chains)``; the spread is ``1.4826 · MAD`` of the chain means.
+    Returns a boolean mask ``(n_chains,)`` (all ``False`` with fewer than 3 chains or zero
+    spread).
+    """
+    means = chains.double().mean(0)
+    if means.numel() < 3:
+        return torch.zeros(means.numel(), dtype=torch.bool)
+    med = means.median()
+    spread = 1.4826 * (means - med).abs().median()
+    if not spread > 0:
+        return torch.zeros(means.numel(), dtype=torch.bool)
+    return (means - med).abs() > k * spread
 
 
 def _split_rhat(chains: torch.Tensor) -> float:
@@ -377,6 +414,7 @@ def run_mcmc(
     jitter: float = 0.1,
     relax_steps: int = 0,
     lattice_spacing: float | None = None,
+    step_size_per_chain: bool = False,
 ) -> MCMCResult:
     """Run ``n_chains`` parallel Metropolis chains on ``exp(-E/τ)`` (see the module docstring).
 
@@ -415,6 +453,8 @@ def run_mcmc(
             the chain). Useful when random starts overlap particles.
         lattice_spacing: Start from jittered lattice clusters (see
             :func:`default_initial_states`) instead of ``N(0, I)``; ignored with ``x0``.
+        step_size_per_chain: Adapt one step size per chain (replica slot) from its own
+            acceptance instead of one per temperature (see the module docstring).
 
     Returns:
         An :class:`MCMCResult`.
@@ -494,7 +534,8 @@ def run_mcmc(
     e_x, g_x = evaluate(x)
     b_x = _drift(g_x, tau_vec, grad_clip) if grads else None
     evals += m
-    log_eps = torch.full((n_t,), math.log(step_size), dtype=torch.float64)
+    log_eps = torch.full((m if step_size_per_chain else n_t,), math.log(step_size),
+                         dtype=torch.float64)
     total = burn_in + n_steps
     kept, kept_e = [], []
     e_trace = torch.empty(total, dtype=torch.float64)
@@ -509,8 +550,13 @@ def run_mcmc(
 
         bar = tqdm(total=total, desc=f"mcmc ({method}, {n_t} T)", unit="step")
     for k in range(total):
-        eps_t = log_eps.exp()
-        eps = eps_t.to(dtype=dtype, device=device).repeat_interleave(n_chains)
+        eps_all = log_eps.exp()
+        if step_size_per_chain:
+            eps_t = eps_all.view(n_t, n_chains).median(1).values
+            eps = eps_all.to(dtype=dtype, device=device)
+        else:
+            eps_t = eps_all
+            eps = eps_all.to(dtype=dtype, device=device).repeat_interleave(n_chains)
         xi = space.noise(m, generator, device, dtype)
         if hmc:  # leapfrog with momentum xi; the jitter of ε is independent of the state
             jit = 1.0 + jitter * (2 * torch.rand(m, generator=generator, device=device,
@@ -564,7 +610,8 @@ def run_mcmc(
         s_trace[k] = float(eps_t[0])
         if k < burn_in:
             if adapt:
-                log_eps += (k + 1) ** -0.6 * (a_blocks - target)
+                rate = alpha.double().cpu() if step_size_per_chain else a_blocks
+                log_eps += (k + 1) ** -0.6 * (rate - target)
         elif (k - burn_in + 1) % thin == 0:
             kept.append(x[:n_chains].detach().cpu().clone())
             kept_e.append(e_x[:n_chains].detach().cpu().clone())
@@ -577,7 +624,13 @@ def run_mcmc(
     samples = torch.cat(kept) if kept else torch.empty((0, *space.event_shape), dtype=dtype)
     sample_e = torch.cat(kept_e) if kept_e else torch.empty(0, dtype=dtype)
     acc_t = a_trace[burn_in:].mean(0).tolist() if n_steps else [math.nan] * n_t
-    final_eps = log_eps.exp().tolist()
+    eps_final = log_eps.exp()
+    if step_size_per_chain:
+        chain_eps = eps_final[:n_chains].clone()
+        final_eps = eps_final.view(n_t, n_chains).median(1).values.tolist()
+    else:
+        chain_eps = torch.full((n_chains,), float(eps_final[0]), dtype=torch.float64)
+        final_eps = eps_final.tolist()
     swaps = (swap_acc / swap_n.clamp_min(1)).tolist()
     swaps = [s if n else math.nan for s, n in zip(swaps, swap_n.tolist(), strict=True)]
     return MCMCResult(samples=samples, acceptance=acc_t[0], energy_evals=evals,
@@ -585,7 +638,8 @@ def run_mcmc(
                       acceptance_trace=a_trace[:, 0].clone(), step_size_trace=s_trace,
                       n_chains=n_chains, method=method, burn_in=burn_in, thin=thin,
                       temperatures=temps, acceptance_per_temperature=acc_t,
-                      step_sizes=final_eps, swap_acceptance=swaps,
+                      step_sizes=final_eps, chain_step_sizes=chain_eps,
+                      swap_acceptance=swaps,
                       wall_time_s=time.perf_counter() - t_start)
 
 

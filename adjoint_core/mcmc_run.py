@@ -114,7 +114,8 @@ def run_mcmc_config(
                    grad_clip=s.grad_clip, temperatures=s.temperatures,
                    swap_every=s.swap_every, batch_size=s.batch_size, device=device,
                    n_leapfrog=s.n_leapfrog, jitter=s.jitter, relax_steps=s.relax_steps,
-                   lattice_spacing=s.lattice_spacing)
+                   lattice_spacing=s.lattice_spacing,
+                   step_size_per_chain=s.step_size_per_chain)
     wall = time.perf_counter() - t0
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,10 @@ class TrainSettings(BaseModel):
         grad_clip: Clip the parameters' gradient norm (``None``: off).
         init_samples: Terminal samples simulated before the first epoch (fills the buffer),
             summed over ranks.
+        ema_decay: Keep an exponential moving average of the network's parameters with this
+            decay per gradient step (``None``: off). When set, every simulation (buffer
+            collection, :meth:`AdjointSampler.sample`, evaluation) uses the averaged network
+            and the regression trains the raw one.
         nonfinite: ``"drop"`` samples with NaN/inf energy or gradient (counted), or ``"raise"``.
     """
 
@@ -96,6 +100,7 @@ class TrainSettings(BaseModel):
     max_grad_norm: float | None = Field(100.0, gt=0)
     grad_clip: float | None = Field(None, gt=0)
     init_samples: int = Field(0, ge=0)
+    ema_decay: float | None = Field(None, gt=0, lt=1)
     nonfinite: Literal["drop", "raise"] = "drop"
 
     @model_validator(mode="after")
@@ -165,6 +170,14 @@ class AdjointSampler:
         self.distributed = bool(distributed)
         self.rank, self.world_size = 0, 1
         self._train_model: torch.nn.Module = self.model  # DDP wrapper when distributed
+        #: Parameter average used for simulation when ``settings.ema_decay`` is set.
+        self.ema_model: torch.optim.swa_utils.AveragedModel | None = None
+        if self.settings.ema_decay is not None:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema_model = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(self.settings.ema_decay),
+                use_buffers=True)
         if self.distributed:
             self._setup_distributed()
         self.seed = int(seed)
@@ -205,8 +218,13 @@ class AdjointSampler:
         return split_evenly(n, self.rank, self.world_size)
 
     # ------------------------------------------------------------------ sampling
+    @property
+    def sampling_model(self) -> torch.nn.Module:
+        """The network that drives simulation: the EMA average if enabled, else the model."""
+        return self.ema_model.module if self.ema_model is not None else self.model
+
     def _control(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.model(t, x)
+        return self.sampling_model(t, x)
 
     @torch.no_grad()
     def sample(
@@ -229,8 +247,9 @@ class AdjointSampler:
         n_steps = n_steps or self.settings.n_sde_steps
         batch_size = batch_size or self.settings.sim_batch_size
         gen = generator or self.generator
-        was_training = self.model.training
-        self.model.eval()
+        net = self.sampling_model
+        was_training = net.training
+        net.eval()
         xs, lw = [], []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
@@ -239,7 +258,7 @@ class AdjointSampler:
             self.counters["model_evals"] += res.n_model_evals * b
             xs.append(res.x1)
             lw.append(-res.control_cost - res.noise_cost)
-        self.model.train(was_training)
+        net.train(was_training)
         x = torch.cat(xs) if xs else self.space.origin(0, self.device)
         return (x, torch.cat(lw)) if path_weights else x
 
@@ -344,6 +363,8 @@ class AdjointSampler:
         if self.settings.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.optimizer.step()
+        if self.ema_model is not None:
+            self.ema_model.update_parameters(self.model)
         self.counters["grad_steps"] += 1
         self.counters["model_evals"] += batch["x1"].shape[0]
         return float(loss.detach())
@@ -444,8 +465,8 @@ class AdjointSampler:
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
-        """Model, optimizer, buffer, RNG state, counters, timers and history (this rank's)."""
-        return {
+        """Model (+ EMA), optimizer, buffer, RNG states, counters, timers, history (this rank)."""
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "buffer": self.buffer.state_dict(),
@@ -457,6 +478,9 @@ class AdjointSampler:
             "seed": self.seed,
             "energy_evaluations": self.energy.n_evaluations,
         }
+        if self.ema_model is not None:
+            state["ema"] = self.ema_model.state_dict()
+        return state
 
     def gather_state_dict(self) -> dict | None:
         """The state of all ranks in one dict, on rank 0 (a collective when distributed).
@@ -532,6 +556,11 @@ class AdjointSampler:
         if "distributed" in state:
             state = self.state_for_rank(state, self.rank, self.world_size)
         self.model.load_state_dict(state["model"])
+        if self.ema_model is not None:
+            if "ema" in state:
+                self.ema_model.load_state_dict(state["ema"])
+            else:  # a checkpoint written without EMA: start the average at the weights
+                self.ema_model.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.buffer.load_state_dict(state["buffer"])
         if state["generator"] is None:  # a rank new to this run (see state_for_rank)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ def main() -> None:
     p.add_argument("system", choices=["dw4", "lj13", "lj55", "gmm40"])
     p.add_argument("--budget", choices=["cpu", "paper"], default="cpu")
     p.add_argument("--epochs", type=int, default=None, help="override train.n_epochs")
+    p.add_argument("--config", default=None,
+                   help="config YAML (default examples/<system>_<budget>.yaml)")
     p.add_argument("--n-samples", type=int, default=2000)
     p.add_argument("--out", default=None, help="JSON path (default bench/results/...)")
     p.add_argument("--run-dir", default=None)
@@ -52,7 +55,7 @@ def main() -> None:
     args = p.parse_args()
 
     name = f"{args.system}_{args.budget}"
-    cfg_path = ROOT / "examples" / f"{name}.yaml"
+    cfg_path = Path(args.config).resolve() if args.config else ROOT / "examples" / f"{name}.yaml"
     cfg = load_config(cfg_path)
     if args.epochs is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
@@ -119,7 +122,7 @@ def main() -> None:
     out = {
         "system": args.system,
         "budget": args.budget,
-        "config": str(cfg_path.relative_to(ROOT)),
+        "config": os.path.relpath(cfg_path, ROOT),
         "epochs": c["epoch"],
         "metrics": res,
         "metrics_resampled": resampled,

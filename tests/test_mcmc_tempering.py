@@ -170,3 +170,40 @@ def test_mcmc_cli_writes_samples_and_report(tmp_path):
     assert len(d["swap_acceptance"]) == 1 and "rhat_energy" in d
     path.write_text(yaml.safe_dump({**cfg, "mcmc": {"n_chains": 0}}))
     assert main(["mcmc", str(path), "--out", str(out)]) == 2  # config error, named field
+
+
+class _Quartic(Energy):
+    """``E(x) = Σ x⁴``: stiff far from the origin (curvature 12 x²)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__((dim,))
+
+    def _energy(self, x):
+        return x.pow(4).sum(-1)
+
+
+def test_per_chain_step_size_rescues_a_stiff_chain():
+    """One chain starts at x = 6 (curvature ~430 vs ~4 typical). With one shared HMC step size,
+    tuned by the 99 typical chains, it rejects every proposal (frozen, an outlier chain); with a
+    step size per chain it shrinks its own step, walks down and equilibrates."""
+    dim, n = 2, 100
+    x0 = 0.3 * torch.randn(n, dim, generator=torch.Generator().manual_seed(0))
+    x0[0] = 6.0
+    kw = dict(n_chains=n, n_steps=200, burn_in=300, thin=2, step_size=0.5, method="hmc",
+              n_leapfrog=5, x0=x0)
+    shared = run_mcmc(_Quartic(dim), EuclideanSpace(dim=dim),
+                      generator=torch.Generator().manual_seed(1), **kw)
+    per = run_mcmc(_Quartic(dim), EuclideanSpace(dim=dim),
+                   generator=torch.Generator().manual_seed(1), step_size_per_chain=True, **kw)
+    d_shared, d_per = shared.diagnostics(), per.diagnostics()
+    assert float(shared.energy_chains()[:, 0].min()) > 1000  # never left x = 6 (E = 2592)
+    assert d_shared["frozen_chains"] == 1 and d_shared["outlier_chains"] == 1
+    assert d_shared["rhat_energy_without_outliers"] < 1.1 < d_shared["rhat_energy"]
+    assert d_per["frozen_chains"] == 0 and d_per["outlier_chains"] == 0
+    assert float(per.energy_chains()[:, 0].max()) < 10
+    lo, hi = d_per["step_size_range"]
+    assert lo < hi and per.chain_step_sizes.shape == (n,)
+    assert d_shared["step_size_range"][0] == d_shared["step_size_range"][1]
+    # E[x⁴] per coordinate under exp(-x⁴) is Γ(5/4)/Γ(1/4) = 1/4
+    assert float(per.sample_energies.double().mean()) == pytest.approx(dim / 4, abs=0.05)
+    assert abs(per.acceptance - 0.65) < 0.05
