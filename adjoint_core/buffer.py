@@ -28,12 +28,24 @@ class Buffer(ABC):
         """
 
     @abstractmethod
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict:
-        """Draw ``batch_size`` rows uniformly (with replacement).
+    def sample(self, batch_size: int, generator: torch.Generator | None = None,
+               probs: torch.Tensor | None = None) -> dict:
+        """Draw ``batch_size`` rows with replacement.
+
+        Args:
+            batch_size: Number of rows.
+            generator: Random generator.
+            probs: Optional non-negative weights of the stored rows, shape ``(len(self),)`` in
+                the order of :meth:`tensors`; rows are drawn proportionally to them. ``None``:
+                uniformly.
 
         Returns:
             A dict of tensors of leading size ``batch_size``.
         """
+
+    @abstractmethod
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The stored rows by field, each of leading size ``len(self)``."""
 
     @abstractmethod
     def __len__(self) -> int:
@@ -94,11 +106,18 @@ class ReplayBuffer(Buffer):
         self._next = int((self._next + n) % self.capacity)
         self._size = min(self._size + n, self.capacity)
 
-    def sample(self, batch_size, generator=None) -> dict:  # noqa: D102
+    def sample(self, batch_size, generator=None, probs=None) -> dict:  # noqa: D102
         if self._size == 0:
             raise RuntimeError("cannot sample from an empty replay buffer")
         device = generator.device if generator is not None else self.device
-        idx = torch.randint(self._size, (batch_size,), generator=generator, device=device)
+        if probs is None:
+            idx = torch.randint(self._size, (batch_size,), generator=generator, device=device)
+        else:
+            if tuple(probs.shape) != (self._size,):
+                raise ValueError(f"probs must have shape ({self._size},), got "
+                                 f"{tuple(probs.shape)}")
+            idx = torch.multinomial(probs.to(device, torch.float64), batch_size,
+                                    replacement=True, generator=generator)
         return {k: v[idx.to(self.device)] for k, v in self._data.items()}
 
     def tensors(self) -> dict[str, torch.Tensor]:

@@ -170,6 +170,10 @@ class IDEMSampler(AdjointSampler):
     ) -> None:
         super().__init__(energy, space, schedule, model, buffer, settings, seed, device,
                          optimizer)
+        if self.settings.reweight:
+            raise ValueError("train.reweight is an Adjoint Sampling option (path weights of "
+                             "the controlled SDE); iDEM regresses a Monte Carlo score and "
+                             "does not use it")
         if isinstance(idem, dict):
             idem = IDEMSettings(**idem)
         self.idem = idem or IDEMSettings()
@@ -182,8 +186,9 @@ class IDEMSampler(AdjointSampler):
         n_steps = n_steps or self.settings.n_sde_steps
         batch_size = batch_size or self.settings.sim_batch_size
         gen = generator or self.generator
-        was_training = self.model.training
-        self.model.eval()
+        net = self.sampling_model
+        was_training = net.training
+        net.eval()
         xs, lw, x0s = [], [], []
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
@@ -194,7 +199,7 @@ class IDEMSampler(AdjointSampler):
             xs.append(res.x1)
             x0s.append(x0)
             lw.append(-res.control_cost - res.noise_cost)
-        self.model.train(was_training)
+        net.train(was_training)
         if not xs:
             empty = self.space.origin(0, self.device)
             return empty, empty, torch.zeros(0, dtype=torch.float64)

@@ -83,6 +83,15 @@ class TrainSettings(BaseModel):
             decay per gradient step (``None``: off). When set, every simulation (buffer
             collection, :meth:`AdjointSampler.sample`, evaluation) uses the averaged network
             and the regression trains the raw one.
+        reweight: Importance-weighted regression: store the path log-weight
+            ``log w = log dP*/dP^u`` of every simulated sample (see :mod:`adjoint_core.sde`;
+            free: the terminal energy is evaluated anyway) and draw each regression batch from
+            the buffer with probability ``∝ w`` instead of uniformly. The regression pairs
+            ``(x_t, x_1)`` then follow the optimal path measure's joint (its bridge is the base
+            bridge), so the minimiser of the loss is the optimal control itself rather than one
+            step of the fixed-point iteration. ``False`` (default): the papers' uniform draws.
+        reweight_max: Truncate the weights at this multiple of their mean over the buffer
+            (truncated importance sampling); ``None``: ``√len(buffer)`` (Ionides 2008).
         nonfinite: ``"drop"`` samples with NaN/inf energy or gradient (counted), or ``"raise"``.
     """
 
@@ -101,6 +110,8 @@ class TrainSettings(BaseModel):
     grad_clip: float | None = Field(None, gt=0)
     init_samples: int = Field(0, ge=0)
     ema_decay: float | None = Field(None, gt=0, lt=1)
+    reweight: bool = False
+    reweight_max: float | None = Field(None, gt=1)
     nonfinite: Literal["drop", "raise"] = "drop"
 
     @model_validator(mode="after")
@@ -284,11 +295,20 @@ class AdjointSampler:
             NonFiniteEnergyError: Under ``nonfinite="raise"``.
         """
         t0 = time.perf_counter()
-        x1 = self.sample(n)
+        reweight = self.settings.reweight
+        if reweight:
+            x1, log_w = self.sample(n, path_weights=True)
+        else:
+            x1 = self.sample(n)
         self.timers["simulate"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         a, e = terminal_adjoint(self.energy, self.space, self.schedule, x1,
                                 self.settings.max_grad_norm)
+        extras = {"energy": e}
+        if reweight:
+            phi = (e.double() / self.energy.temperature
+                   + self.space.base_log_prob(x1, self.schedule).double())
+            extras["log_weight"] = log_w - phi
         self.counters["energy_evals"] += n
         self.launch_energy_evals += n
         ok = torch.isfinite(e) & torch.isfinite(a.flatten(1)).all(-1)
@@ -300,11 +320,31 @@ class AdjointSampler:
                     f"energy or gradient (set train.nonfinite='drop' to skip them)"
                 )
             self.counters["nonfinite_dropped"] += n_bad
-            x1, a, e = x1[ok], a[ok], e[ok]
+            x1, a = x1[ok], a[ok]
+            extras = {k: v[ok] for k, v in extras.items()}
         if x1.shape[0]:
-            self.buffer.add(x1, a, energy=e)
+            self.buffer.add(x1, a, **extras)
         self.timers["energy"] += time.perf_counter() - t0
         return int(x1.shape[0])
+
+    def buffer_probabilities(self) -> torch.Tensor | None:
+        """Draw probabilities of the buffer rows under ``reweight`` (else ``None``).
+
+        ``p_i ∝ min(w_i, c · mean(w))`` with ``w_i = exp(log w_i − max log w)`` and
+        ``c = reweight_max`` (default ``√n``); uniform if no weight is positive and finite.
+        Returns a ``(len(buffer),)`` float64 tensor summing to one.
+        """
+        if not self.settings.reweight:
+            return None
+        lw = self.buffer.tensors()["log_weight"].double()
+        lw = torch.nan_to_num(lw, nan=-math.inf)
+        n = lw.shape[0]
+        if not torch.isfinite(lw).any():
+            return torch.full((n,), 1.0 / n, dtype=torch.float64)
+        w = (lw - lw[torch.isfinite(lw)].max()).exp()
+        cap = (self.settings.reweight_max or math.sqrt(n)) * float(w.mean())
+        w = w.clamp(max=cap)
+        return w / w.sum()
 
     def loss(self, batch: dict, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Adjoint-matching loss on a buffer batch (fresh ``t`` and bridge noise).
@@ -352,7 +392,7 @@ class AdjointSampler:
         loss.
         """
         b = self._share(self.settings.train_batch_size)
-        batch = self.buffer.sample(b, self.generator)
+        batch = self.buffer.sample(b, self.generator, probs=self.buffer_probabilities())
         loss = self.loss(batch, self._train_model)
         objective = loss
         if self.distributed:
@@ -391,9 +431,15 @@ class AdjointSampler:
             loss, buffer_energy = self._synchronise_epoch(start, loss, buffer_energy)
         row = {"epoch": self.counters["epoch"], "loss": loss,
                "buffer_energy_mean": buffer_energy,
+               **({"buffer_ess": self._buffer_ess()} if s.reweight else {}),
                **{k: v for k, v in self.counters.items() if k != "epoch"}}
         self.history.append(row)
         return row
+
+    def _buffer_ess(self) -> float:
+        """Normalised ESS of the (truncated) draw probabilities over this rank's buffer."""
+        p = self.buffer_probabilities()
+        return float(1.0 / (p.square().sum() * p.shape[0]))
 
     #: Counters summed over ranks (``grad_steps`` counts steps of the shared model, ``epoch``
     #: is common).
