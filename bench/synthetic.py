@@ -40,7 +40,8 @@ def main() -> None:
     p.add_argument("--budget", choices=["cpu", "paper"], default="cpu")
     p.add_argument("--epochs", type=int, default=None, help="override train.n_epochs")
     p.add_argument("--config", default=None,
-                   help="config YAML (default examples/<system>_<budget>.yaml)")
+                   help="config YAML (default examples/<system>_<budget>.yaml); results and "
+                        "the run directory are then named after its file name")
     p.add_argument("--n-samples", type=int, default=2000)
     p.add_argument("--out", default=None, help="JSON path (default bench/results/...)")
     p.add_argument("--run-dir", default=None)
@@ -54,7 +55,7 @@ def main() -> None:
                    help="do not train: evaluate the run directory's latest checkpoint")
     args = p.parse_args()
 
-    name = f"{args.system}_{args.budget}"
+    name = Path(args.config).stem if args.config else f"{args.system}_{args.budget}"
     cfg_path = Path(args.config).resolve() if args.config else ROOT / "examples" / f"{name}.yaml"
     cfg = load_config(cfg_path)
     if args.epochs is not None:
