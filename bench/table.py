@@ -28,8 +28,10 @@ def main() -> None:
             continue
         m, c, w = r["metrics"], r["counts"], r["wall_time_s"]
         pub = PUBLISHED.get(r["system"])
+        stem = Path(r["config"]).stem  # a variant config (bench/synthetic.py --config) by name
+        budget = r["budget"] if stem == f"{r['system']}_{r['budget']}" else stem
         rows.append("| " + " | ".join([
-            r["system"], r["budget"], str(r["epochs"]),
+            r["system"], budget, str(r["epochs"]),
             fmt(m.get("geometric_w2_papers")), fmt(m.get("geometric_w2_invariant")),
             fmt(m.get("euclidean_w2")), fmt(m.get("energy_w2")), fmt(m.get("path_ess")),
             f"{pub[0]} / {pub[1]}" if pub else "—",
@@ -39,7 +41,7 @@ def main() -> None:
         rs = r.get("metrics_resampled")
         if rs:  # importance-resampled samples of the same run (adjoint_core.importance)
             rows.append("| " + " | ".join([
-                r["system"], f"{r['budget']} + importance resampling ×{rs['oversample']}",
+                r["system"], f"{budget} + importance resampling ×{rs['oversample']}",
                 str(r["epochs"]),
                 fmt(rs.get("geometric_w2_papers")), fmt(rs.get("geometric_w2_invariant")),
                 fmt(rs.get("euclidean_w2")), fmt(rs.get("energy_w2")),
