@@ -231,7 +231,7 @@ class AdjointSampler:
     # ------------------------------------------------------------------ sampling
     @property
     def sampling_model(self) -> torch.nn.Module:
-        """The network that drives simulation: the EMA average if enabled, else the model."""
+        """Network that drives simulation (the EMA average if enabled, else the trained model)."""
         return self.ema_model.module if self.ema_model is not None else self.model
 
     def _control(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,8 @@ nitpick_ignore_regex = [(r"py:.*", rf"{re_mod}(\..*)?") for re_mod in _NO_INVENT
     (r"py:.*", r"argparse\._.*"),
     (r"py:.*", r"torch\._.*"),
     (r"py:.*", r"torch\.types\..*"),
+    # public torch classes missing from the offline torch inventory
+    (r"py:.*", r"torch\.optim\.swa_utils\..*"),
 ]
 
 # -- autodoc / napoleon / type hints ------------------------------------------------------
