@@ -24,6 +24,7 @@ import platform
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from adjoint_core import metrics
@@ -53,6 +54,12 @@ def main() -> None:
                    choices=["papers", "invariant"], help="geometric W2 protocols")
     p.add_argument("--eval-only", action="store_true",
                    help="do not train: evaluate the run directory's latest checkpoint")
+    p.add_argument("--sde-steps", type=int, default=None, metavar="S",
+                   help="Euler-Maruyama steps of the final sampling (default: eval.n_sde_steps "
+                        "of the config, else the training value)")
+    p.add_argument("--draws", type=int, default=1, metavar="D",
+                   help="evaluate D independent draws of n-samples (generator seeds 2024, "
+                        "2025, ...) and report each and their mean/std; 'metrics' is draw 0")
     args = p.parse_args()
 
     name = Path(args.config).stem if args.config else f"{args.system}_{args.budget}"
@@ -89,22 +96,17 @@ def main() -> None:
         record = train_run(cfg, run_dir, progress=True)
     train_wall = time.perf_counter() - t0
 
+    if args.draws < 1:
+        p.error(f"--draws must be >= 1, got {args.draws}")
+    if args.sde_steps is not None and args.sde_steps < 1:
+        p.error(f"--sde-steps must be >= 1, got {args.sde_steps}")
     sampler = load_run(run_dir)
     reference = _reference_for(cfg, sampler, None)
+    sde_steps = args.sde_steps or cfg.eval.n_sde_steps or sampler.settings.n_sde_steps
     t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(2024)
-    x, log_w = sampler.path_log_weights(args.n_samples, generator=gen)
-    res: dict = {"path_ess": metrics.path_ess(log_w[torch.isfinite(log_w)].numpy())}
-    if reference is not None:
-        res.update(evaluate_samples(x, reference, sampler.energy, sampler.space,
-                                    args.n_samples, args.n_samples, tuple(args.protocols),
-                                    seed=cfg.seed))
-    else:
-        with torch.no_grad():
-            e = sampler.energy.energy(x).double()
-        res.update({"energy_mean": float(e[torch.isfinite(e)].mean()),
-                    "nonfinite_energies": float((~torch.isfinite(e)).sum()),
-                    "note": "no reference samples for this system: W2 metrics not computed"})
+    draws = [_evaluate_draw(sampler, reference, cfg, args, sde_steps, 2024 + k)
+             for k in range(args.draws)]
+    res = draws[0]
     eval_wall = time.perf_counter() - t0
     resampled = None
     if args.resample:
@@ -120,12 +122,20 @@ def main() -> None:
         resampled["wall_time_s"] = round(time.perf_counter() - t0, 2)
 
     c = record["counters"]
+    summary = None
+    if args.draws > 1:
+        keys = [k for k, v in draws[0].items() if isinstance(v, float)]
+        summary = {k: {"mean": float(np.mean([d[k] for d in draws])),
+                       "std": float(np.std([d[k] for d in draws], ddof=1))} for k in keys}
     out = {
         "system": args.system,
         "budget": args.budget,
         "config": os.path.relpath(cfg_path, ROOT),
         "epochs": c["epoch"],
+        "sde_steps": sde_steps,
         "metrics": res,
+        "metrics_draws": draws if args.draws > 1 else None,
+        "metrics_draws_summary": summary,
         "metrics_resampled": resampled,
         "counts": {"energy_evals": c["energy_evals"], "model_evals": c["model_evals"],
                    "grad_steps": c["grad_steps"],
@@ -143,7 +153,25 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out["metrics"] | out["counts"] | {"wall_time_s": out["wall_time_s"]}
-                     | {"resampled": resampled}, indent=2))
+                     | {"resampled": resampled, "draws_summary": summary}, indent=2))
+
+
+def _evaluate_draw(sampler, reference, cfg, args, sde_steps: int, seed: int) -> dict:
+    """Metrics of one draw of ``args.n_samples`` samples simulated with generator ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    x, log_w = sampler.path_log_weights(args.n_samples, n_steps=sde_steps, generator=gen)
+    res: dict = {"path_ess": metrics.path_ess(log_w[torch.isfinite(log_w)].numpy())}
+    if reference is not None:
+        res.update(evaluate_samples(x, reference, sampler.energy, sampler.space,
+                                    args.n_samples, args.n_samples, tuple(args.protocols),
+                                    seed=cfg.seed))
+    else:
+        with torch.no_grad():
+            e = sampler.energy.energy(x).double()
+        res.update({"energy_mean": float(e[torch.isfinite(e)].mean()),
+                    "nonfinite_energies": float((~torch.isfinite(e)).sum()),
+                    "note": "no reference samples for this system: W2 metrics not computed"})
+    return res
 
 
 if __name__ == "__main__":
