@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
 # Adjoint Sampling (Havens et al. 2025) Table 1 as quoted by ASBS: geometric W2 / energy W2.
 PUBLISHED = {
     "dw4": (0.62, 0.55),
@@ -18,6 +22,29 @@ PUBLISHED = {
 
 def fmt(x, nd=3):
     return "—" if x is None else f"{x:.{nd}g}"
+
+
+def sde_steps(r: dict) -> str:
+    """Euler–Maruyama steps of the final sampling (older results: the config's training value)."""
+    if r.get("sde_steps"):
+        return str(r["sde_steps"])
+    cfg_path = ROOT / r["config"]
+    if not cfg_path.exists():
+        return "—"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    steps = (cfg.get("eval") or {}).get("n_sde_steps") or (cfg.get("train") or {}).get(
+        "n_sde_steps")
+    return "—" if steps is None else str(steps)
+
+
+def with_draws(r: dict, key: str) -> str:
+    """``value`` of draw 0, plus ``mean ± std over D draws`` when several were evaluated."""
+    value = fmt(r["metrics"].get(key))
+    summary = (r.get("metrics_draws_summary") or {}).get(key)
+    if summary is None:
+        return value
+    n = len(r["metrics_draws"])
+    return f"{value} ({summary['mean']:.3g} ± {summary['std']:.2g}, {n} draws)"
 
 
 def main() -> None:
@@ -31,9 +58,9 @@ def main() -> None:
         stem = Path(r["config"]).stem  # a variant config (bench/synthetic.py --config) by name
         budget = r["budget"] if stem == f"{r['system']}_{r['budget']}" else stem
         rows.append("| " + " | ".join([
-            r["system"], budget, str(r["epochs"]),
-            fmt(m.get("geometric_w2_papers")), fmt(m.get("geometric_w2_invariant")),
-            fmt(m.get("euclidean_w2")), fmt(m.get("energy_w2")), fmt(m.get("path_ess")),
+            r["system"], budget, str(r["epochs"]), sde_steps(r),
+            with_draws(r, "geometric_w2_papers"), with_draws(r, "geometric_w2_invariant"),
+            fmt(m.get("euclidean_w2")), with_draws(r, "energy_w2"), fmt(m.get("path_ess")),
             f"{pub[0]} / {pub[1]}" if pub else "—",
             f"{c['energy_evals']:,}", f"{c['grad_steps']:,}",
             f"{w['simulate']:.0f} / {w['energy']:.1f} / {w['train']:.0f}",
@@ -42,7 +69,7 @@ def main() -> None:
         if rs:  # importance-resampled samples of the same run (adjoint_core.importance)
             rows.append("| " + " | ".join([
                 r["system"], f"{budget} + importance resampling ×{rs['oversample']}",
-                str(r["epochs"]),
+                str(r["epochs"]), sde_steps(r),
                 fmt(rs.get("geometric_w2_papers")), fmt(rs.get("geometric_w2_invariant")),
                 fmt(rs.get("euclidean_w2")), fmt(rs.get("energy_w2")),
                 f"{fmt(rs.get('ess'))} ({rs['unique_states']:,} distinct)",
@@ -51,10 +78,11 @@ def main() -> None:
                 f"{w['simulate']:.0f} / {w['energy']:.1f} / {w['train']:.0f} "
                 f"(+{rs['wall_time_s']:.0f} resampling)",
             ]) + " |")
-    print("| system | budget | epochs | geom. W2 (papers) | geom. W2 (invariant) | Eucl. W2 | "
-          "energy W2 | path ESS | AS paper geom./energy W2 | energy evals | grad steps | "
+    print("| system | budget | epochs | SDE steps | geom. W2 (papers) | geom. W2 (invariant) | "
+          "Eucl. W2 | energy W2 | path ESS | AS paper geom./energy W2 | energy evals | "
+          "grad steps | "
           "wall s simulate / energy / train |")
-    print("|" + " --- |" * 12)
+    print("|" + " --- |" * 13)
     print("\n".join(rows))
 
 
