@@ -55,8 +55,9 @@ def main() -> None:
             continue
         m, c, w = r["metrics"], r["counts"], r["wall_time_s"]
         pub = PUBLISHED.get(r["system"])
-        stem = Path(r["config"]).stem  # a variant config (bench/synthetic.py --config) by name
-        budget = r["budget"] if stem == f"{r['system']}_{r['budget']}" else stem
+        # label a row by its results file (bench/synthetic.py --out), e.g. dw4_cpu_reweight ->
+        # "cpu_reweight", so two evaluations of one run (--eval-only) stay distinguishable
+        budget = path.stem.removeprefix(f"{r['system']}_")
         rows.append("| " + " | ".join([
             r["system"], budget, str(r["epochs"]), sde_steps(r),
             with_draws(r, "geometric_w2_papers"), with_draws(r, "geometric_w2_invariant"),
