@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from .spaces import StateSpace
+from .spaces import PeriodicSpace, StateSpace
 
 __all__ = ["Model", "MLP", "FourierTimeEmbedding"]
 
@@ -109,6 +109,12 @@ class MLP(Model):
         self.net = nn.Sequential(*layers, last)
 
     def check_space(self, space: StateSpace) -> None:  # noqa: D102
+        if isinstance(space, PeriodicSpace):
+            raise ValueError(
+                f"the plain MLP sees raw coordinates, which jump by a box length when a state "
+                f"wraps, so it cannot act on the periodic space {space}: use 'mlp_periodic' "
+                f"(sin/cos features), or 'egnn' with the space's box for particles"
+            )
         if math.prod(space.event_shape) != self.dim:
             raise ValueError(
                 f"MLP(dim={self.dim}) does not fit state space {space} with "

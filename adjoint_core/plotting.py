@@ -88,13 +88,25 @@ def plot_samples_2d(x: np.ndarray, energy, path: Path, reference: np.ndarray | N
     plt.close(fig)
 
 
-def plot_pair_distances(x: np.ndarray, reference: np.ndarray | None, path: Path) -> None:
-    """Histogram of interparticle distances (particle systems), samples vs reference."""
+def plot_pair_distances(x: np.ndarray, reference: np.ndarray | None, path: Path,
+                        box: tuple[float, ...] | None = None) -> None:
+    """Histogram of interparticle distances (particle systems), samples vs reference.
+
+    Args:
+        x: Samples ``(M, N, d)``.
+        reference: Reference samples ``(M', N, d)`` or ``None``.
+        path: Output image.
+        box: Box lengths ``(d,)`` of a periodic space: distances are then minimum-image.
+    """
     plt = _plt()
+    period = None if box is None else np.asarray(box, dtype=np.float64)
 
     def dists(a: np.ndarray) -> np.ndarray:
         i, j = np.triu_indices(a.shape[1], 1)
-        return np.linalg.norm(a[:, i] - a[:, j], axis=-1).ravel()
+        d = a[:, i] - a[:, j]
+        if period is not None:
+            d = d - period * np.round(d / period)
+        return np.linalg.norm(d, axis=-1).ravel()
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     dg = dists(x)
@@ -128,7 +140,7 @@ def plot_run(out: Path, sampler, record: dict, reference: torch.Tensor | None,
                           .__name__)
     if sampler.space.particle_shape is not None:
         plot_pair_distances(x.numpy(), None if ref is None else ref.numpy(),
-                            plots / "pair_distances.png")
+                            plots / "pair_distances.png", box=getattr(sampler.space, "box", None))
     elif tuple(sampler.space.event_shape) == (2,):
         plot_samples_2d(x.numpy(), sampler.energy, plots / "samples_2d.png",
                         None if ref is None else ref.numpy())
