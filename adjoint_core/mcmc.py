@@ -85,10 +85,12 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import torus
 from .energy import Energy
 from .spaces import PeriodicSpace, StateSpace
 
 __all__ = ["MCMCResult", "MCMCSettings", "run_mcmc", "default_initial_states",
+           "non_overlapping_states",
            "integrated_autocorr_time", "relax"]
 
 _TARGET = {"mala": 0.574, "rwm": 0.234, "hmc": 0.65}
@@ -114,6 +116,8 @@ class MCMCSettings(BaseModel):
         jitter: HMC: relative uniform jitter of the leapfrog step.
         relax_steps: Downhill steps on the initial states before the chains start.
         lattice_spacing: Start particle chains from jittered lattice clusters of this spacing.
+        min_distance: Start particle chains in a periodic box from uniform positions with no
+            pair (minimum image) closer than this (random sequential addition).
         step_size_per_chain: Adapt one step size per chain instead of per temperature.
     """
 
@@ -134,6 +138,7 @@ class MCMCSettings(BaseModel):
     jitter: float = Field(0.1, ge=0, lt=1)
     relax_steps: int = Field(0, ge=0)
     lattice_spacing: float | None = Field(None, gt=0)
+    min_distance: float | None = Field(None, gt=0)
     step_size_per_chain: bool = False
 
     @field_validator("temperatures")
@@ -269,6 +274,7 @@ class MCMCResult:
 def default_initial_states(
     space: StateSpace, n_chains: int, generator: torch.Generator | None = None,
     dtype=torch.float32, device=None, lattice_spacing: float | None = None,
+    min_distance: float | None = None,
 ) -> torch.Tensor:
     """Starting states: uniform in the box for a :class:`PeriodicSpace`, else ``N(0, I)``.
 
@@ -276,9 +282,19 @@ def default_initial_states(
     ``lattice_spacing = a`` (particle layouts only), each chain instead starts from the ``N``
     points of the cubic lattice ``a·Z^d`` closest to a random centre, jittered by
     ``N(0, (0.05 a)²)``: a compact cluster without overlaps, for pair potentials whose random
-    starts overlap particles (LJ-55).
+    starts overlap particles (LJ-55). With ``min_distance`` (periodic particle boxes only),
+    uniform starts without overlaps: :func:`non_overlapping_states`.
+
+    Raises:
+        ValueError: Both options, or an option the space does not support.
     """
     shape = (n_chains, *space.event_shape)
+    if min_distance is not None:
+        if lattice_spacing is not None:
+            raise ValueError("give lattice_spacing or min_distance, not both")
+        if not isinstance(space, PeriodicSpace) or space.particle_shape is None:
+            raise ValueError(f"min_distance needs a periodic particle space, got {space!r}")
+        return non_overlapping_states(space, n_chains, min_distance, generator, dtype, device)
     if lattice_spacing is not None:
         if space.particle_shape is None or not lattice_spacing > 0:
             raise ValueError(f"lattice_spacing needs a particle state space and a value > 0, "
@@ -298,6 +314,63 @@ def default_initial_states(
         u = torch.rand(shape, generator=generator, dtype=dtype, device=device) - 0.5
         return space.project(u * space.box_tensor(u))
     return space.project(torch.randn(shape, generator=generator, dtype=dtype, device=device))
+
+
+def non_overlapping_states(
+    space: PeriodicSpace, n_chains: int, min_distance: float,
+    generator: torch.Generator | None = None, dtype=torch.float32, device=None,
+    max_tries: int = 100_000,
+) -> torch.Tensor:
+    """Uniform particle positions in a periodic box with no pair closer than ``min_distance``.
+
+    Random sequential addition: particles are placed one at a time, each drawn uniformly in the
+    box and redrawn (per chain) until its minimum-image distance to every particle already
+    placed is at least ``min_distance``. A dense liquid's uniform starts overlap particles, and
+    a pair potential's ``r^-12`` wall then makes the first steps of a chain meaningless.
+
+    Args:
+        space: A :class:`PeriodicSpace` with a particle layout ``(N, d)``.
+        n_chains: Number of configurations.
+        min_distance: Smallest allowed pair distance (``> 0``).
+        generator: Random generator.
+        dtype: Floating dtype.
+        device: Device.
+        max_tries: Redraws per particle before giving up.
+
+    Returns:
+        States ``(n_chains, N, d)``, wrapped into the box.
+
+    Raises:
+        ValueError: Not a periodic particle space, or ``min_distance <= 0``.
+        RuntimeError: A particle could not be placed in ``max_tries`` draws (the density is
+            too high for ``min_distance``: random sequential addition jams near packing
+            fraction 0.38 in 3-D).
+    """
+    if not isinstance(space, PeriodicSpace) or space.particle_shape is None:
+        raise ValueError(f"non_overlapping_states needs a periodic particle space, got {space!r}")
+    if not min_distance > 0:
+        raise ValueError(f"min_distance must be > 0, got {min_distance}")
+    n, d = space.particle_shape
+    box = torch.tensor(space.box, dtype=torch.float64)
+    x = torch.zeros(n_chains, n, d, dtype=torch.float64)
+    for i in range(n):
+        todo = torch.ones(n_chains, dtype=torch.bool)
+        for _ in range(max_tries):
+            cand = (torch.rand(n_chains, d, generator=generator, dtype=torch.float64) - 0.5) * box
+            if i == 0:
+                ok = todo
+            else:
+                diff = torus.minimum_image(cand[:, None] - x[:, :i], box)
+                ok = todo & (diff.norm(dim=-1).min(dim=1).values >= min_distance)
+            x[ok, i] = cand[ok]
+            todo &= ~ok
+            if not todo.any():
+                break
+        else:
+            raise RuntimeError(
+                f"could not place particle {i + 1} of {n} at min_distance {min_distance} in "
+                f"box {space.box} after {max_tries} draws: the density is too high")
+    return space.project(x.to(dtype=dtype, device=device))
 
 
 def _log_q(space: StateSpace, y: torch.Tensor, mean: torch.Tensor,
@@ -414,6 +487,7 @@ def run_mcmc(
     jitter: float = 0.1,
     relax_steps: int = 0,
     lattice_spacing: float | None = None,
+    min_distance: float | None = None,
     step_size_per_chain: bool = False,
 ) -> MCMCResult:
     """Run ``n_chains`` parallel Metropolis chains on ``exp(-E/τ)`` (see the module docstring).
@@ -453,6 +527,8 @@ def run_mcmc(
             the chain). Useful when random starts overlap particles.
         lattice_spacing: Start from jittered lattice clusters (see
             :func:`default_initial_states`) instead of ``N(0, I)``; ignored with ``x0``.
+        min_distance: Periodic particle boxes: start from uniform positions without pairs
+            closer than this (:func:`non_overlapping_states`); ignored with ``x0``.
         step_size_per_chain: Adapt one step size per chain (replica slot) from its own
             acceptance instead of one per temperature (see the module docstring).
 
@@ -497,7 +573,7 @@ def run_mcmc(
     grads = mala or hmc
     if x0 is None:
         x = default_initial_states(space, n_chains, generator, dtype, device,
-                                   lattice_spacing)
+                                   lattice_spacing, min_distance)
         x = x.repeat(n_t, *([1] * len(space.event_shape)))
     else:
         shapes = [(n_chains, *space.event_shape), (m, *space.event_shape)]

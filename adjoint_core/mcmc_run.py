@@ -115,6 +115,7 @@ def run_mcmc_config(
                    swap_every=s.swap_every, batch_size=s.batch_size, device=device,
                    n_leapfrog=s.n_leapfrog, jitter=s.jitter, relax_steps=s.relax_steps,
                    lattice_spacing=s.lattice_spacing,
+                   min_distance=s.min_distance,
                    step_size_per_chain=s.step_size_per_chain)
     wall = time.perf_counter() - t0
     out = Path(out)

@@ -32,32 +32,6 @@ from adjoint_core.periodic import radial_distribution
 from adjoint_core.run import load_run, train_run
 
 
-def non_overlapping_starts(n_chains: int, n: int, box: torch.Tensor, min_dist: float,
-                           generator: torch.Generator) -> torch.Tensor:
-    """Random sequential addition: uniform positions, a particle is redrawn until it is at least
-    ``min_dist`` (minimum image) from the ones already placed. Shape ``(n_chains, n, d)``."""
-    d = box.numel()
-    x = torch.zeros(n_chains, n, d)
-    for i in range(n):
-        todo = torch.ones(n_chains, dtype=torch.bool)
-        for _ in range(100_000):
-            cand = (torch.rand(n_chains, d, generator=generator) - 0.5) * box
-            if i == 0:
-                ok = torch.ones(n_chains, dtype=torch.bool)
-            else:
-                diff = cand[:, None] - x[:, :i]
-                diff = diff - box * torch.round(diff / box)
-                ok = diff.norm(dim=-1).min(dim=1).values >= min_dist
-            take = todo & ok
-            x[take, i] = cand[take]
-            todo &= ~take
-            if not todo.any():
-                break
-        else:
-            raise RuntimeError("could not place particles: density too high for min_dist")
-    return x
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="examples/lj_periodic.yaml")
@@ -104,10 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     # (c) long MALA reference from non-overlapping starts
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(args.seed + 2)
-    x0 = non_overlapping_starts(args.mcmc_chains, space.event_shape[0], box, 0.9, g)
     mc = run_mcmc(energy, space, n_chains=args.mcmc_chains, n_steps=args.mcmc_steps,
                   burn_in=args.mcmc_burn_in, thin=args.mcmc_thin, step_size=0.05,
-                  method="mala", generator=g, x0=x0, grad_clip=1e3, progress=True)
+                  method="mala", generator=g, min_distance=0.9, grad_clip=1e3, progress=True)
     mcmc_time = time.perf_counter() - t0
     x_mc, e_mc = mc.samples, mc.sample_energies.double()
 

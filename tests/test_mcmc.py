@@ -124,3 +124,56 @@ def test_default_initial_states():
     assert float(x[..., 1].std()) == pytest.approx(4 / math.sqrt(12), rel=0.05)
     e = default_initial_states(EuclideanSpace(4, 3, mean_free=True), 10, g)
     assert e.mean(1).abs().max() < 1e-6
+
+
+def test_non_overlapping_states_keep_every_pair_apart():
+    from adjoint_core.mcmc import non_overlapping_states
+
+    g = torch.Generator().manual_seed(0)
+    sp = PeriodicSpace(box=[3.0, 4.0], n_particles=8, spatial_dim=2)
+    x = default_initial_states(sp, 500, g, min_distance=0.9)
+    assert x.shape == (500, 8, 2)
+    half = torch.tensor([1.5, 2.0])
+    assert bool((x.abs() <= half).all())  # wrapped into the box
+    i, j = torch.triu_indices(8, 8, offset=1)
+    d = x[:, i] - x[:, j]
+    d = d - torch.tensor([3.0, 4.0]) * torch.round(d / torch.tensor([3.0, 4.0]))
+    assert float(d.norm(dim=-1).min()) >= 0.9 - 1e-6
+    # uniform starts of the same box overlap (the reason for the option)
+    u = default_initial_states(sp, 500, g)
+    du = u[:, i] - u[:, j]
+    du = du - torch.tensor([3.0, 4.0]) * torch.round(du / torch.tensor([3.0, 4.0]))
+    assert float(du.norm(dim=-1).min()) < 0.1
+    # each particle is still uniform on the box: first-moment and spread checks
+    assert float(x[..., 0].mean()) == pytest.approx(0.0, abs=0.05)
+    assert float(x[..., 1].std()) == pytest.approx(4 / math.sqrt(12), rel=0.05)
+    with pytest.raises(RuntimeError, match="density is too high"):
+        non_overlapping_states(sp, 4, 2.5, g, max_tries=50)
+    with pytest.raises(ValueError, match="periodic particle space"):
+        default_initial_states(EuclideanSpace(4, 2), 4, g, min_distance=0.5)
+    with pytest.raises(ValueError, match="not both"):
+        default_initial_states(sp, 4, g, lattice_spacing=1.0, min_distance=0.5)
+
+
+def test_run_mcmc_from_non_overlapping_starts():
+    from adjoint_core.mcmc import MCMCSettings
+
+    assert MCMCSettings(min_distance=0.9).min_distance == 0.9
+    with pytest.raises(ValueError):
+        MCMCSettings(min_distance=0.0)
+    sp = PeriodicSpace(box=3.0, n_particles=4, spatial_dim=2)
+
+    class _Soft(Energy):
+        def __init__(self):
+            super().__init__((4, 2))
+
+        def _energy(self, x):
+            i, j = torch.triu_indices(4, 4, offset=1)
+            d = x[:, i] - x[:, j]
+            d = d - 3.0 * torch.round(d / 3.0)
+            return (1.0 / d.pow(2).sum(-1).clamp_min(1e-6) ** 6).sum(-1)
+
+    res = run_mcmc(_Soft(), sp, n_chains=16, n_steps=5, burn_in=0, step_size=0.01, method="rwm",
+                   min_distance=1.0, generator=torch.Generator().manual_seed(1))
+    assert res.samples.shape == (80, 4, 2)
+    assert float(res.sample_energies.max()) < 16  # starts without overlaps: E ≤ 6 at r ≥ 1
