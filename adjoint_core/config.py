@@ -14,7 +14,8 @@ Example (``examples/dw4.yaml``)::
 Each component section is ``name`` (a registry name, see ``adjoint-core plugins``) plus the
 keyword parameters of that component; they are validated against the component's signature,
 so a typo or a bad value fails before training with the dotted field name (``energy.n_particles``).
-Unknown top-level keys are rejected.
+Unknown top-level keys are rejected. A file may start from another one with
+``base: other.yaml`` and change only what differs (``examples/dw4_cpu_reweight_sde400.yaml``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .registry import ConfigError, Registry, default_registry
 from .sampler import TrainSettings
 
 __all__ = ["ComponentSpec", "EvalSettings", "RunConfig", "load_config", "validate_config",
-           "build_components"]
+           "build_components", "merge_config", "read_config_file"]
 
 
 class ComponentSpec(BaseModel):
@@ -101,10 +102,68 @@ def _format_validation(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge two config mappings: ``override`` wins.
+
+    Mappings are merged key by key, recursively; any other value (scalar, list) in
+    ``override`` replaces the base's. A component section that names a *different* component
+    (``model: {name: mlp}`` over ``model: {name: egnn, hidden: 64}``) replaces the base's
+    section instead of merging, since the base's parameters belong to another component.
+
+    Returns:
+        A new mapping; the inputs are not modified.
+    """
+    out = dict(base)
+    for key, value in override.items():
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict) and \
+                ("name" not in value or value.get("name") == old.get("name")):
+            out[key] = merge_config(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config file into a mapping, resolving ``base:`` inheritance.
+
+    A top-level ``base: other.yaml`` (relative to this file's folder) names a config this one
+    starts from; this file's keys are deep-merged over it (:func:`merge_config`). Bases may
+    have bases. Other relative paths in a config (``eval.reference``) keep their usual
+    resolution: the working directory, then the folder of the file that was loaded.
+
+    Raises:
+        ConfigError: Missing file, invalid YAML, a non-mapping document, a ``base`` that is
+            not a string, or a cycle of bases.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {p} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {p} must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config {p}: base must be the path of another config file, got "
+                          f"{base!r}")
+    base_path = (p.parent / base).resolve()
+    chain = (*_chain, p.resolve())
+    if base_path in chain:
+        raise ConfigError("config bases form a cycle: "
+                          + " -> ".join(str(c) for c in (*chain, base_path)))
+    return merge_config(read_config_file(base_path, chain), data)
+
+
 def validate_config(model: type[BaseModel], path: str | Path | dict) -> Any:
     """Read a YAML config (or take a dict) and validate it as ``model``.
 
-    Shared by :func:`load_config` and the ``mcmc`` config loader.
+    Shared by :func:`load_config` and the ``mcmc`` config loader. Files may inherit from
+    another file with ``base:`` (:func:`read_config_file`).
 
     Raises:
         ConfigError: Missing file, invalid YAML, a non-mapping document, or every bad field
@@ -113,17 +172,7 @@ def validate_config(model: type[BaseModel], path: str | Path | dict) -> Any:
     if isinstance(path, dict):
         data, source = path, "<dict>"
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config {p} is not valid YAML: {exc}") from None
-        source = str(p)
-        if not isinstance(data, dict):
-            raise ConfigError(
-                f"config {p} must be a mapping of sections, got {type(data).__name__}")
+        data, source = read_config_file(path), str(path)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
+from adjoint_core.config import read_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def sde_steps(r: dict) -> str:
     cfg_path = ROOT / r["config"]
     if not cfg_path.exists():
         return "—"
-    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg = read_config_file(cfg_path)
     steps = (cfg.get("eval") or {}).get("n_sde_steps") or (cfg.get("train") or {}).get(
         "n_sde_steps")
     return "—" if steps is None else str(steps)

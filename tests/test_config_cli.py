@@ -70,6 +70,49 @@ def test_unknown_top_level_key_and_bad_yaml(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_config_base_inheritance(tmp_path):
+    from adjoint_core.config import merge_config
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "base.yaml").write_text(yaml.safe_dump(TINY))
+    child = {"base": "sub/base.yaml", "train": {"n_sde_steps": 40},
+             "model": {"name": "egnn", "hidden": 8}}
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump(child))
+    cfg = load_config(tmp_path / "child.yaml")
+    assert cfg.train.n_sde_steps == 40 and cfg.train.n_epochs == 2  # merged, not replaced
+    assert cfg.model.params == {"hidden": 8, "n_layers": 2}  # same component: merged
+    # a grandchild that names another component replaces the whole section
+    grand = {"base": "child.yaml", "model": {"name": "mlp", "hidden": 8}}
+    (tmp_path / "grand.yaml").write_text(yaml.safe_dump(grand))
+    cfg = load_config(tmp_path / "grand.yaml")
+    assert cfg.model.name == "mlp" and cfg.model.params == {"hidden": 8}
+    assert cfg.train.n_sde_steps == 40
+    # merge_config leaves its inputs alone
+    a, b = {"train": {"lr": 1.0, "n_epochs": 3}}, {"train": {"lr": 2.0}}
+    assert merge_config(a, b) == {"train": {"lr": 2.0, "n_epochs": 3}}
+    assert a == {"train": {"lr": 1.0, "n_epochs": 3}} and b == {"train": {"lr": 2.0}}
+
+
+@pytest.mark.parametrize("base, pattern", [
+    ("missing.yaml", "config file not found"),
+    (3, "base must be the path"),
+    ("loop.yaml", "cycle"),
+])
+def test_config_base_errors(tmp_path, base, pattern):
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump({"base": "loop.yaml", **TINY}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"base": base, **TINY}))
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(tmp_path / "c.yaml")
+
+
+def test_example_configs_with_a_base_equal_their_expansion():
+    cfg = load_config(REPO / "examples" / "dw4_cpu_reweight_sde400.yaml")
+    base = load_config(REPO / "examples" / "dw4_cpu_reweight.yaml")
+    assert cfg.train.n_sde_steps == 400
+    assert cfg.model_dump() == base.model_copy(update={"train": base.train.model_copy(
+        update={"n_sde_steps": 400})}).model_dump()
+
+
 def test_model_that_does_not_fit_the_space():
     cfg = _with(space={"name": "euclidean", "dim": 8}, energy={"name": "gaussian", "dim": 8})
     with pytest.raises(ConfigError, match="particle"):

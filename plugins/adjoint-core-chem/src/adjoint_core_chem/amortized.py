@@ -44,6 +44,7 @@ from rdkit.Chem.rdMolDescriptors import CalcNumRotatableBonds
 
 from adjoint_core.adjoint import adjoint_matching_loss, terminal_adjoint
 from adjoint_core.buffer import ReplayBuffer
+from adjoint_core.config import read_config_file
 from adjoint_core.registry import ConfigError
 from adjoint_core.schedules import GeometricSchedule
 from adjoint_core.sde import simulate
@@ -159,6 +160,8 @@ class ChemConfig(BaseModel):
 def load_chem_config(path: str | Path | dict) -> tuple[ChemConfig, Path | None]:
     """Read and validate a chemistry config; returns it and the file's folder.
 
+    The file may inherit from another with ``base:`` (:func:`adjoint_core.config.read_config_file`).
+
     Raises:
         ConfigError: Missing file, bad YAML, or a bad field (named with its value).
     """
@@ -166,9 +169,7 @@ def load_chem_config(path: str | Path | dict) -> tuple[ChemConfig, Path | None]:
         data, src, folder = path, "<dict>", None
     else:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        data, src, folder = yaml.safe_load(p.read_text()), str(p), p.resolve().parent
+        data, src, folder = read_config_file(p), str(p), p.resolve().parent
     try:
         return ChemConfig.model_validate(data), folder
     except ValidationError as exc:

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from adjoint_core.adjoint import adjoint_matching_loss, terminal_adjoint
 from adjoint_core.buffer import ReplayBuffer
+from adjoint_core.config import read_config_file
 from adjoint_core.registry import ConfigError
 from adjoint_core.schedules import GeometricSchedule
 from adjoint_core.sde import simulate
@@ -161,6 +162,8 @@ class TorsionConfig(BaseModel):
 def load_torsion_config(path: str | Path | dict) -> tuple[TorsionConfig, Path | None]:
     """Read and validate a torsional config; returns it and the file's folder.
 
+    The file may inherit from another with ``base:`` (:func:`adjoint_core.config.read_config_file`).
+
     Raises:
         ConfigError: Missing file, bad YAML, or a bad field (named with its value).
     """
@@ -168,9 +171,7 @@ def load_torsion_config(path: str | Path | dict) -> tuple[TorsionConfig, Path | 
         data, src, folder = path, "<dict>", None
     else:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        data, src, folder = yaml.safe_load(p.read_text()), str(p), p.resolve().parent
+        data, src, folder = read_config_file(p), str(p), p.resolve().parent
     try:
         return TorsionConfig.model_validate(data), folder
     except ValidationError as exc:
