@@ -92,6 +92,12 @@ class TrainSettings(BaseModel):
             step of the fixed-point iteration. ``False`` (default): the papers' uniform draws.
         reweight_max: Truncate the weights at this multiple of their mean over the buffer
             (truncated importance sampling); ``None``: ``√len(buffer)`` (Ionides 2008).
+        reweight_power: Tempered reweighting: draw rows ``∝ w^β`` with ``β = reweight_power``
+            (``1``: full importance weights). At the optimal control every ``w`` is the same
+            constant, so the fixed point is unchanged for any ``β``; away from it each update
+            moves the buffer's path measure only part of the way toward the optimal one
+            (``∝ P^u^{1−β} P*^β``), which keeps the effective sample size usable where the full
+            weights are degenerate (path ESS ~1e-3).
         nonfinite: ``"drop"`` samples with NaN/inf energy or gradient (counted), or ``"raise"``.
     """
 
@@ -112,6 +118,7 @@ class TrainSettings(BaseModel):
     ema_decay: float | None = Field(None, gt=0, lt=1)
     reweight: bool = False
     reweight_max: float | None = Field(None, gt=1)
+    reweight_power: float = Field(1.0, gt=0, le=1)
     nonfinite: Literal["drop", "raise"] = "drop"
 
     @model_validator(mode="after")
@@ -330,8 +337,9 @@ class AdjointSampler:
     def buffer_probabilities(self) -> torch.Tensor | None:
         """Draw probabilities of the buffer rows under ``reweight`` (else ``None``).
 
-        ``p_i ∝ min(w_i, c · mean(w))`` with ``w_i = exp(log w_i − max log w)`` and
-        ``c = reweight_max`` (default ``√n``); uniform if no weight is positive and finite.
+        ``p_i ∝ min(w_i, c · mean(w))`` with ``w_i = exp(β·(log w_i − max log w))``,
+        ``β = reweight_power`` and ``c = reweight_max`` (default ``√n``); uniform if no weight
+        is positive and finite.
         Returns a ``(len(buffer),)`` float64 tensor summing to one.
         """
         if not self.settings.reweight:
@@ -341,7 +349,7 @@ class AdjointSampler:
         n = lw.shape[0]
         if not torch.isfinite(lw).any():
             return torch.full((n,), 1.0 / n, dtype=torch.float64)
-        w = (lw - lw[torch.isfinite(lw)].max()).exp()
+        w = (self.settings.reweight_power * (lw - lw[torch.isfinite(lw)].max())).exp()
         cap = (self.settings.reweight_max or math.sqrt(n)) * float(w.mean())
         w = w.clamp(max=cap)
         return w / w.sum()

@@ -69,10 +69,38 @@ def test_draw_probabilities_are_truncated_weights():
     assert _sampler(reweight=False).buffer_probabilities() is None
 
 
-def test_reweighted_adjoint_sampling_on_a_gaussian():
+def test_tempered_draw_probabilities():
+    n = 64
+    lw = torch.linspace(-6.0, 2.0, n, dtype=torch.float64)
+    lw[3] = -math.inf
+    probs = {}
+    for beta in (1.0, 0.25):
+        s = _sampler(reweight_max=1e9, reweight_power=beta)
+        s.buffer.add(torch.zeros(n, 2), torch.zeros(n, 2), energy=torch.zeros(n), log_weight=lw)
+        probs[beta] = s.buffer_probabilities()
+        expect = (beta * lw).exp()
+        torch.testing.assert_close(probs[beta], expect / expect.sum())
+    # tempering flattens the weights: a larger effective sample size, same ordering
+    ess = {b: float(1 / (p ** 2).sum()) / n for b, p in probs.items()}
+    assert ess[0.25] > 3 * ess[1.0]
+    assert probs[0.25][3] == 0 and bool((probs[0.25][4:].diff() > 0).all())
+    # constant weights (the optimal control) give uniform draws for any power
+    s = _sampler(reweight_power=0.3)
+    s.buffer.add(torch.zeros(n, 2), torch.zeros(n, 2), energy=torch.zeros(n),
+                 log_weight=torch.full((n,), -7.0, dtype=torch.float64))
+    torch.testing.assert_close(s.buffer_probabilities(),
+                               torch.full((n,), 1 / n, dtype=torch.float64))
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="reweight_power"):
+            _sampler(reweight_power=bad)
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_reweighted_adjoint_sampling_on_a_gaussian(power):
     # Weighted draws make each batch noisier; the EMA average keeps the final control steady
-    # (without it the sample mean of the last epoch wanders by ~0.1 on this budget).
-    s = _sampler(ema_decay=0.995)
+    # (without it the sample mean of the last epoch wanders by ~0.1 on this budget). Tempered
+    # weights (power < 1) have the same fixed point.
+    s = _sampler(ema_decay=0.995, reweight_power=power)
     rows = s.fit()
     assert "buffer_ess" in rows[-1] and 0 < rows[-1]["buffer_ess"] <= 1
     x = s.sample(6000, n_steps=100).double()
