@@ -321,7 +321,8 @@ class IDEMSampler(AdjointSampler):
         e = e[torch.isfinite(e)]
         row = {"epoch": self.counters["epoch"],
                "loss": float(sum(losses) / len(losses)) if losses else float("nan"),
-               "buffer_energy_mean": float(e.median()) if e.numel() else float("nan"),
+               "buffer_energy_mean": float(e.mean()) if e.numel() else float("nan"),
+               "buffer_energy_median": float(e.median()) if e.numel() else float("nan"),
                **{k: v for k, v in self.counters.items() if k != "epoch"}}
         self.history.append(row)
         return row

@@ -20,7 +20,11 @@ def _plt():
 
 
 def plot_loss(history: list[dict], path: Path) -> None:
-    """Adjoint-matching loss and mean buffer energy per epoch."""
+    """Training loss and buffer energy per epoch.
+
+    The energy panel shows the median where the history has it: robust to the few overlapping
+    particle configurations whose energies dominate a mean.
+    """
     if not history:
         return
     plt = _plt()
@@ -28,8 +32,9 @@ def plot_loss(history: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
     ax[0].semilogy(ep, [r["loss"] for r in history])
     ax[0].set(xlabel="epoch", ylabel="adjoint-matching loss")
-    ax[1].plot(ep, [r["buffer_energy_mean"] for r in history])
-    ax[1].set(xlabel="epoch", ylabel="mean energy in buffer")
+    stat = "median" if all("buffer_energy_median" in r for r in history) else "mean"
+    ax[1].plot(ep, [r[f"buffer_energy_{stat}"] for r in history])
+    ax[1].set(xlabel="epoch", ylabel=f"{stat} energy in buffer")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -433,12 +433,13 @@ class AdjointSampler:
         self.timers["train"] += time.perf_counter() - t0
         self.counters["epoch"] += 1
         loss = float(sum(losses) / len(losses)) if losses else math.nan
-        buffer_energy = float(self.buffer.sample(min(len(self.buffer), 1024),
-                                                 self.generator)["energy"].mean())
+        e = self.buffer.sample(min(len(self.buffer), 1024), self.generator)["energy"].double()
+        buffer_energy = (float(e.mean()), float(e.median()))
         if self.distributed:
             loss, buffer_energy = self._synchronise_epoch(start, loss, buffer_energy)
         row = {"epoch": self.counters["epoch"], "loss": loss,
-               "buffer_energy_mean": buffer_energy,
+               "buffer_energy_mean": buffer_energy[0],
+               "buffer_energy_median": buffer_energy[1],
                **({"buffer_ess": self._buffer_ess()} if s.reweight else {}),
                **{k: v for k, v in self.counters.items() if k != "epoch"}}
         self.history.append(row)
@@ -453,13 +454,14 @@ class AdjointSampler:
     #: is common).
     SUMMED_COUNTERS = ("energy_evals", "model_evals", "nonfinite_dropped")
 
-    def _synchronise_epoch(self, start: tuple[dict, int], loss: float, buffer_energy: float
-                           ) -> tuple[float, float]:
+    def _synchronise_epoch(self, start: tuple[dict, int], loss: float,
+                           buffer_energy: tuple[float, float]
+                           ) -> tuple[float, tuple[float, float]]:
         """Sum this epoch's counter increments over ranks; global loss and buffer energy.
 
-        One all-reduce of a ``(len(SUMMED_COUNTERS) + 3,)`` float64 tensor. The loss becomes
+        One all-reduce of a ``(len(SUMMED_COUNTERS) + 4,)`` float64 tensor. The loss becomes
         the mean over the global batch (rank losses weighted by ``b_r/B``), the buffer energy
-        the mean over ranks of each shard's mean.
+        ``(mean, median)`` the mean over ranks of each shard's mean and median.
         """
         import torch.distributed as dist
 
@@ -468,14 +470,14 @@ class AdjointSampler:
         w = self._share(self.settings.train_batch_size) / self.settings.train_batch_size
         vec = [float(self.counters[k] - counters[k]) for k in keys]
         vec += [float(self.energy.n_evaluations - n_energy), w * loss,
-                buffer_energy / self.world_size]
+                buffer_energy[0] / self.world_size, buffer_energy[1] / self.world_size]
         total = torch.tensor(vec, dtype=torch.float64, device=self.device)
         dist.all_reduce(total)
         out = total.tolist()
         for i, k in enumerate(keys):
             self.counters[k] = counters[k] + int(round(out[i]))
         self.energy.n_evaluations = n_energy + int(round(out[len(keys)]))
-        return out[-2], out[-1]
+        return out[-3], (out[-2], out[-1])
 
     def _collect_in_batches(self, n: int) -> None:
         bs = self.settings.sim_batch_size
@@ -511,7 +513,8 @@ class AdjointSampler:
             if callback is not None:
                 callback(self, row)
             if bar is not None:
-                bar.set_postfix(loss=f"{row['loss']:.3g}", E=f"{row['buffer_energy_mean']:.3g}")
+                bar.set_postfix(loss=f"{row['loss']:.3g}",
+                                E_median=f"{row['buffer_energy_median']:.3g}")
                 bar.update(1)
         if bar is not None:
             bar.close()

@@ -103,6 +103,9 @@ def test_reweighted_adjoint_sampling_on_a_gaussian(power):
     s = _sampler(ema_decay=0.995, reweight_power=power)
     rows = s.fit()
     assert "buffer_ess" in rows[-1] and 0 < rows[-1]["buffer_ess"] <= 1
+    e = s.buffer.tensors()["energy"].double()  # the log's buffer statistics: 1,024 drawn rows
+    assert float(e.min()) <= rows[-1]["buffer_energy_median"] <= float(e.max())
+    assert abs(rows[-1]["buffer_energy_median"] - float(e.median())) < 0.2
     x = s.sample(6000, n_steps=100).double()
     mu, cov = s.energy.moments()
     assert torch.allclose(x.mean(0), mu, atol=0.1), (x.mean(0), mu)
