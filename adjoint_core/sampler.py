@@ -98,6 +98,10 @@ class TrainSettings(BaseModel):
             moves the buffer's path measure only part of the way toward the optimal one
             (``∝ P^u^{1−β} P*^β``), which keeps the effective sample size usable where the full
             weights are degenerate (path ESS ~1e-3).
+        reweight_uniform: Mix a fraction ``λ`` of uniform draws into the weighted ones,
+            ``p = λ/n + (1 − λ) p_w``. Every row keeps some weight, so samples the weights
+            discard (overlapping particles, whose energies make ``w ≈ 0``) still teach the
+            control to avoid them; the fixed point is unchanged (uniform ``p_w`` there).
         nonfinite: ``"drop"`` samples with NaN/inf energy or gradient (counted), or ``"raise"``.
     """
 
@@ -119,6 +123,7 @@ class TrainSettings(BaseModel):
     reweight: bool = False
     reweight_max: float | None = Field(None, gt=1)
     reweight_power: float = Field(1.0, gt=0, le=1)
+    reweight_uniform: float = Field(0.0, ge=0, lt=1)
     nonfinite: Literal["drop", "raise"] = "drop"
 
     @model_validator(mode="after")
@@ -338,8 +343,9 @@ class AdjointSampler:
         """Draw probabilities of the buffer rows under ``reweight`` (else ``None``).
 
         ``p_i ∝ min(w_i, c · mean(w))`` with ``w_i = exp(β·(log w_i − max log w))``,
-        ``β = reweight_power`` and ``c = reweight_max`` (default ``√n``); uniform if no weight
-        is positive and finite.
+        ``β = reweight_power`` and ``c = reweight_max`` (default ``√n``), mixed with a
+        fraction ``λ = reweight_uniform`` of uniform draws; uniform if no weight is positive
+        and finite.
         Returns a ``(len(buffer),)`` float64 tensor summing to one.
         """
         if not self.settings.reweight:
@@ -352,7 +358,8 @@ class AdjointSampler:
         w = (self.settings.reweight_power * (lw - lw[torch.isfinite(lw)].max())).exp()
         cap = (self.settings.reweight_max or math.sqrt(n)) * float(w.mean())
         w = w.clamp(max=cap)
-        return w / w.sum()
+        lam = self.settings.reweight_uniform
+        return lam / n + (1.0 - lam) * w / w.sum()
 
     def loss(self, batch: dict, model: torch.nn.Module | None = None) -> torch.Tensor:
         """Adjoint-matching loss on a buffer batch (fresh ``t`` and bridge noise).

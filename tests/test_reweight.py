@@ -93,6 +93,14 @@ def test_tempered_draw_probabilities():
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="reweight_power"):
             _sampler(reweight_power=bad)
+    # a uniform share keeps every row drawable, including the one of weight 0
+    s = _sampler(reweight_max=1e9, reweight_power=0.25, reweight_uniform=0.4)
+    s.buffer.add(torch.zeros(n, 2), torch.zeros(n, 2), energy=torch.zeros(n), log_weight=lw)
+    p = s.buffer_probabilities()
+    torch.testing.assert_close(p, 0.4 / n + 0.6 * probs[0.25])
+    assert float(p.sum()) == pytest.approx(1.0) and p[3] == pytest.approx(0.4 / n)
+    with pytest.raises(ValueError, match="reweight_uniform"):
+        _sampler(reweight_uniform=1.0)
 
 
 @pytest.mark.parametrize("power", [1.0, 0.5])
