@@ -130,6 +130,11 @@ class TrainSettings(BaseModel):
     def _check(self) -> TrainSettings:
         if self.sim_batch_size > self.samples_per_epoch:
             self.sim_batch_size = self.samples_per_epoch
+        if not self.reweight:
+            unused = [k for k, off in (("reweight_max", None), ("reweight_power", 1.0),
+                                       ("reweight_uniform", 0.0)) if getattr(self, k) != off]
+            if unused:
+                raise ValueError(f"{', '.join(unused)} set, but they only act with reweight: true")
         return self
 
 
