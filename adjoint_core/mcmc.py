@@ -292,8 +292,6 @@ def default_initial_states(
     if min_distance is not None:
         if lattice_spacing is not None:
             raise ValueError("give lattice_spacing or min_distance, not both")
-        if not isinstance(space, PeriodicSpace) or space.particle_shape is None:
-            raise ValueError(f"min_distance needs a periodic particle space, got {space!r}")
         return non_overlapping_states(space, n_chains, min_distance, generator, dtype, device)
     if lattice_spacing is not None:
         if space.particle_shape is None or not lattice_spacing > 0:

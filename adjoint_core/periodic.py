@@ -5,7 +5,7 @@ r"""Models and observables for periodic boxes (:class:`~adjoint_core.spaces.Peri
   (:func:`adjoint_core.torus.periodic_features`), so its output is smooth and exactly
   periodic in every coordinate.
 * :func:`radial_distribution`: the radial distribution function ``g(r)`` of particles in a
-  periodic box from minimum-image distances.
+  periodic box from minimum-image distances (:func:`pair_distances`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .models import FourierTimeEmbedding, Model
 from .spaces import PeriodicSpace, StateSpace
 from .torus import minimum_image, periodic_features
 
-__all__ = ["PeriodicMLP", "mlp_periodic", "radial_distribution"]
+__all__ = ["PeriodicMLP", "mlp_periodic", "pair_distances", "radial_distribution"]
 
 
 class PeriodicMLP(Model):
@@ -104,6 +104,24 @@ def mlp_periodic(space: StateSpace, hidden: int = 128, n_layers: int = 3, time_d
     return model
 
 
+def pair_distances(x: torch.Tensor, box: float | list[float] | tuple[float, ...] | torch.Tensor
+                   | None = None) -> torch.Tensor:
+    """Distances of all unordered particle pairs, minimum-image when ``box`` is given.
+
+    Args:
+        x: Configurations ``(M, N, d)``.
+        box: Box lengths (a float or ``(d,)``) of a periodic box; ``None``: plain distances.
+
+    Returns:
+        ``(M, N(N−1)/2)`` distances, in the dtype of ``x``.
+    """
+    i, j = torch.triu_indices(x.shape[1], x.shape[1], offset=1, device=x.device)
+    diff = x[:, i] - x[:, j]
+    if box is not None:
+        diff = minimum_image(diff, torch.as_tensor(box, dtype=x.dtype, device=x.device))
+    return diff.norm(dim=-1)
+
+
 def radial_distribution(
     x: torch.Tensor, box: float | list[float] | torch.Tensor, n_bins: int = 50,
     r_max: float | None = None,
@@ -142,11 +160,9 @@ def radial_distribution(
         r_max = half
     if not 0 < r_max <= half * (1 + 1e-9):
         raise ValueError(f"r_max must be in (0, L_min/2 = {half}], got {r_max}")
-    i, j = torch.triu_indices(n, n, offset=1)
     counts = torch.zeros(n_bins, dtype=torch.float64)
     for start in range(0, m, 4096):  # bounded memory for long MCMC runs
-        dr = minimum_image(x[start:start + 4096, i] - x[start:start + 4096, j], b)
-        r = dr.norm(dim=-1).reshape(-1)
+        r = pair_distances(x[start:start + 4096], b).reshape(-1)
         counts += torch.histc(r, bins=n_bins, min=0.0, max=float(r_max)) if r.numel() else 0
     # histc counts values equal to r_max in the last bin and drops larger ones: the same as
     # half-open bins up to a measure-zero set.

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .periodic import pair_distances
+
 __all__ = ["plot_run", "plot_energy_histogram", "plot_loss", "plot_samples_2d"]
 
 
@@ -104,14 +106,9 @@ def plot_pair_distances(x: np.ndarray, reference: np.ndarray | None, path: Path,
         box: Box lengths ``(d,)`` of a periodic space: distances are then minimum-image.
     """
     plt = _plt()
-    period = None if box is None else np.asarray(box, dtype=np.float64)
 
     def dists(a: np.ndarray) -> np.ndarray:
-        i, j = np.triu_indices(a.shape[1], 1)
-        d = a[:, i] - a[:, j]
-        if period is not None:
-            d = d - period * np.round(d / period)
-        return np.linalg.norm(d, axis=-1).ravel()
+        return pair_distances(torch.as_tensor(a, dtype=torch.float64), box).ravel().numpy()
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     dg = dists(x)

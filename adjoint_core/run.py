@@ -34,7 +34,7 @@ from . import distributed, metrics
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, build_components, load_config
 from .energy import Energy
-from .periodic import radial_distribution
+from .periodic import pair_distances, radial_distribution
 from .registry import ConfigError, Registry
 from .sampler import AdjointSampler
 from .spaces import PeriodicSpace, StateSpace
@@ -153,7 +153,8 @@ def evaluate_samples(
         _, g_ref = radial_distribution(ref, space.box)
         out["rdf_mean_abs_diff"] = float((g_gen - g_ref).abs().mean())
         out["pair_distance_w2"] = metrics.energy_w2(
-            _min_image_pair_distances(gen, space.box), _min_image_pair_distances(ref, space.box))
+            pair_distances(gen.double(), space.box).reshape(-1).numpy(),
+            pair_distances(ref.double(), space.box).reshape(-1).numpy())
     elif space.particle_shape is not None:
         m = min(geometric_samples, n)
         if m >= 2:
@@ -162,22 +163,12 @@ def evaluate_samples(
                     gen[:m].numpy(), ref[:m].numpy(), protocol=protocol, seed=seed)
             out["geometric_samples"] = float(m)
     else:
-        box = None
-        if isinstance(space, PeriodicSpace):  # flat torus: periodic ground distance
-            width = int(np.prod(space.event_shape))
-            box = np.resize(np.asarray(space.box, dtype=np.float64), width)
+        # flat torus: periodic ground distance (a flat layout has one period per coordinate)
+        box = space.box if isinstance(space, PeriodicSpace) else None
         key = "euclidean_w2" if box is None else "periodic_w2"
         out[key] = metrics.euclidean_w2(gen.reshape(n, -1).numpy(), ref.reshape(n, -1).numpy(),
                                         box=box)
     return out
-
-
-def _min_image_pair_distances(x: torch.Tensor, box: tuple[float, ...]) -> np.ndarray:
-    """Minimum-image distances of all unordered particle pairs: ``(M, N, d) -> (M·N(N−1)/2,)``."""
-    i, j = torch.triu_indices(x.shape[1], x.shape[1], offset=1)
-    d = x[:, i].double() - x[:, j].double()
-    period = torch.tensor(box, dtype=torch.float64)
-    return (d - period * torch.round(d / period)).norm(dim=-1).reshape(-1).numpy()
 
 
 def _reference_for(cfg: RunConfig, sampler: AdjointSampler, config_dir: Path | None
