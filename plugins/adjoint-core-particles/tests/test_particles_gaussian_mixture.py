@@ -148,3 +148,29 @@ def test_wrong_shape_raises():
 def test_constructor_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixtureEnergy(**kwargs)
+
+
+def test_mode_coverage_of_exact_samples_and_of_one_mode():
+    e = gmm40()
+    x = e.sample(20_000, generator=torch.Generator().manual_seed(4))
+    w = e.mode_weights(x)
+    assert w.shape == (40,) and abs(float(w.sum()) - 1.0) < 1e-12
+    cov = e.mode_coverage(x)
+    assert cov["modes_visited"] == 40
+    assert cov["mode_weight_tv"] < 0.05  # ~sqrt(K/n) for exact samples
+    # All states at (near) one mean: one mode visited, TV = 1 - 1/K exactly.
+    one = e.means[7] + 0.1 * torch.randn(500, 2, generator=torch.Generator().manual_seed(5))
+    cov = e.mode_coverage(one)
+    assert cov["modes_visited"] == 1
+    assert cov["mode_weight_tv"] == pytest.approx(1 - 1 / 40)
+    # Half the states at mode 0, half at mode 1: TV = 1 - 2/K.
+    two = torch.cat([e.means[:1].expand(10, 2), e.means[1:2].expand(10, 2)])
+    assert e.mode_coverage(two)["mode_weight_tv"] == pytest.approx(1 - 2 / 40)
+
+
+def test_mode_weights_rejects_bad_shape():
+    e = gmm40()
+    with pytest.raises(ValueError, match=r"shape \(n >= 1, 2\)"):
+        e.mode_weights(torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="got \\(0, 2\\)"):
+        e.mode_weights(torch.zeros(0, 2))
