@@ -80,13 +80,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
                               f"{args.resample}")
         print(f"simulating {args.resample} x {args.num_samples} paths for importance resampling")
         rs = importance_resample(sampler, args.num_samples, args.resample, generator=gen,
-                                 n_steps=args.n_steps, batch_size=bs)
+                                 n_steps=args.n_steps, batch_size=bs,
+                                 progress=not args.no_progress)
         x = sampler.space.flatten(rs.x).cpu().numpy()
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, x)
         print(f"wrote {x.shape[0]} importance-resampled samples of width {x.shape[1]} to {out} "
               f"(normalised ESS {rs.ess:.4f} of {rs.n_drawn} paths, {rs.n_unique} distinct)")
+        warning = rs.few_effective_warning()
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
         return 0
     chunks = []
     with tqdm(total=args.num_samples, desc="sampling", unit="sample",

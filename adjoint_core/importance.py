@@ -53,6 +53,28 @@ class ResampledSamples:
     n_drawn: int
     n_unique: int
 
+    @property
+    def n_effective(self) -> float:
+        """Effective number of independent samples behind the resampled set, ``ess · M``."""
+        return self.ess * self.n_drawn
+
+    def few_effective_warning(self, fraction: float = 0.5) -> str | None:
+        """A warning if fewer than ``fraction · n`` effective samples stand behind the ``n``.
+
+        Resampling then repeats a few heavy paths many times: the set looks like ``n`` samples
+        but its statistics have the variance of ``n_effective`` ones.
+
+        Returns:
+            The warning text, or ``None`` when ``n_effective >= fraction · n``.
+        """
+        n = int(self.index.numel())
+        if self.n_effective >= fraction * n:
+            return None
+        return (f"only ~{self.n_effective:.0f} effective samples (ESS {self.ess:.2g} of "
+                f"{self.n_drawn} paths) stand behind the {n} resampled states ({self.n_unique} "
+                f"distinct); statistics of this set are much noisier than {n} independent "
+                f"samples would be: raise the oversampling factor or train longer")
+
 
 def systematic_resample(
     log_weights: torch.Tensor, n: int, generator: torch.Generator | None = None

@@ -258,6 +258,7 @@ class AdjointSampler:
     def sample(
         self, n: int, n_steps: int | None = None, batch_size: int | None = None,
         path_weights: bool = False, generator: torch.Generator | None = None,
+        progress: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Draw ``n`` samples by simulating the learned SDE.
 
@@ -267,6 +268,7 @@ class AdjointSampler:
             batch_size: Paths simulated at once (default: ``sim_batch_size``).
             path_weights: Also return the running part of the path log-weights.
             generator: Random generator (default: the sampler's own).
+            progress: Show a tqdm progress bar over the simulated paths.
 
         Returns:
             Samples ``(n, *event_shape)``; with ``path_weights`` also ``log w`` without the
@@ -279,13 +281,17 @@ class AdjointSampler:
         was_training = net.training
         net.eval()
         xs, lw = [], []
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            res = simulate(self._control, self.space, self.schedule, b, n_steps, gen,
-                           self.device, path_weights=path_weights)
-            self.counters["model_evals"] += res.n_model_evals * b
-            xs.append(res.x1)
-            lw.append(-res.control_cost - res.noise_cost)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=n, desc="simulating", unit="path", disable=not progress) as bar:
+            for start in range(0, n, batch_size):
+                b = min(batch_size, n - start)
+                res = simulate(self._control, self.space, self.schedule, b, n_steps, gen,
+                               self.device, path_weights=path_weights)
+                self.counters["model_evals"] += res.n_model_evals * b
+                xs.append(res.x1)
+                lw.append(-res.control_cost - res.noise_cost)
+                bar.update(b)
         net.train(was_training)
         x = torch.cat(xs) if xs else self.space.origin(0, self.device)
         return (x, torch.cat(lw)) if path_weights else x

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -114,9 +115,12 @@ def main() -> None:
     if args.resample:
         t0 = time.perf_counter()
         rs = importance_resample(sampler, args.n_samples, args.resample,
-                                 generator=torch.Generator().manual_seed(2025))
+                                 generator=torch.Generator().manual_seed(2025), progress=True)
         resampled = {"oversample": args.resample, "paths_simulated": rs.n_drawn,
-                     "energy_evals": rs.n_drawn, "ess": rs.ess, "unique_states": rs.n_unique}
+                     "energy_evals": rs.n_drawn, "ess": rs.ess,
+                     "effective_samples": rs.n_effective, "unique_states": rs.n_unique}
+        if rs.few_effective_warning():
+            print(f"warning: {rs.few_effective_warning()}", file=sys.stderr)
         if reference is not None:
             resampled.update(evaluate_samples(rs.x, reference, sampler.energy, sampler.space,
                                               args.n_samples, args.n_samples,

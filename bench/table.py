@@ -73,7 +73,8 @@ def main() -> None:
                 str(r["epochs"]), sde_steps(r),
                 fmt(rs.get("geometric_w2_papers")), fmt(rs.get("geometric_w2_invariant")),
                 fmt(rs.get("euclidean_w2")), fmt(rs.get("energy_w2")),
-                f"{fmt(rs.get('ess'))} ({rs['unique_states']:,} distinct)",
+                f"{fmt(rs.get('ess'))} (≈{rs['ess'] * rs['paths_simulated']:,.0f} effective, "
+                f"{rs['unique_states']:,} distinct)",
                 f"{pub[0]} / {pub[1]}" if pub else "—",
                 f"{c['energy_evals']:,} + {rs['energy_evals']:,}", f"{c['grad_steps']:,}",
                 f"{w['simulate']:.0f} / {w['energy']:.1f} / {w['train']:.0f} "

@@ -52,6 +52,12 @@ def test_resampling_the_base_process_recovers_a_gaussian_target():
     # Exact IS of N(μ, Σ) from N(0, 4 I): the ESS is well below 1, above 1 %.
     assert 0.01 < res.ess < 0.5
     assert 0 < res.n_unique <= 3000
+    assert res.n_effective == pytest.approx(res.ess * 30_000)
+    # ess·M > n/2 here, so no warning; demanding more effective samples than that warns.
+    assert res.few_effective_warning() is None
+    assert res.n_effective < 30_000
+    text = res.few_effective_warning(fraction=10.0)
+    assert text is not None and "effective samples" in text and "3000 resampled" in text
     # Plain samples are the base process, far from the target.
     plain = sampler.sample(3000, generator=gen).double()
     assert (plain.mean(0) - mu).abs().max() > 0.4
