@@ -13,8 +13,8 @@ protocol and with the invariant protocol on all 2,000 (particles), or Euclidean 
 path ESS of the 2,000 simulated paths; for mixtures (GMM-40) the modes visited and the
 total-variation distance of the mode weights from uniform; energy evaluations, model
 evaluations, gradient steps; wall time per phase (simulate / energy / train / evaluate).
-Results go to
-``bench/results/<system>_<budget>.json`` and the run directory ``runs/bench/<system>_<budget>``.
+Results go to ``bench/results/<system>_<budget>.json`` and the run directory
+``runs/bench/<system>_<budget>``.
 """
 
 from __future__ import annotations
