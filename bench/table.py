@@ -49,6 +49,9 @@ def with_draws(r: dict, key: str) -> str:
 
 def main() -> None:
     rows = []
+    # an --eval-only re-evaluation (e.g. with --resample) repeats its run's plain metrics: print
+    # those once, and label the extra rows with the budget of the row they repeat
+    printed: dict[str, str] = {}
     for path in sorted((Path(__file__).parent / "results").glob("*.json")):
         r = json.loads(path.read_text())
         if "metrics" not in r:  # another script's results (e.g. bench/baselines.py)
@@ -58,14 +61,19 @@ def main() -> None:
         # label a row by its results file (bench/synthetic.py --out), e.g. dw4_cpu_reweight ->
         # "cpu_reweight", so two evaluations of one run (--eval-only) stay distinguishable
         budget = path.stem.removeprefix(f"{r['system']}_")
-        rows.append("| " + " | ".join([
-            r["system"], budget, str(r["epochs"]), sde_steps(r),
-            with_draws(r, "geometric_w2_papers"), with_draws(r, "geometric_w2_invariant"),
-            fmt(m.get("euclidean_w2")), with_draws(r, "energy_w2"), fmt(m.get("path_ess")),
-            f"{pub[0]} / {pub[1]}" if pub else "—",
-            f"{c['energy_evals']:,}", f"{c['grad_steps']:,}",
-            f"{w['simulate']:.0f} / {w['energy']:.1f} / {w['train']:.0f}",
-        ]) + " |")
+        key = json.dumps([r["system"], r["epochs"], sde_steps(r), m], sort_keys=True)
+        if key in printed:
+            budget = printed[key]
+        else:
+            printed[key] = budget
+            rows.append("| " + " | ".join([
+                r["system"], budget, str(r["epochs"]), sde_steps(r),
+                with_draws(r, "geometric_w2_papers"), with_draws(r, "geometric_w2_invariant"),
+                fmt(m.get("euclidean_w2")), with_draws(r, "energy_w2"), fmt(m.get("path_ess")),
+                f"{pub[0]} / {pub[1]}" if pub else "—",
+                f"{c['energy_evals']:,}", f"{c['grad_steps']:,}",
+                f"{w['simulate']:.0f} / {w['energy']:.1f} / {w['train']:.0f}",
+            ]) + " |")
         rs = r.get("metrics_resampled")
         if rs:  # importance-resampled samples of the same run (adjoint_core.importance)
             rows.append("| " + " | ".join([
