@@ -61,7 +61,8 @@ def main() -> None:
         # label a row by its results file (bench/synthetic.py --out), e.g. dw4_cpu_reweight ->
         # "cpu_reweight", so two evaluations of one run (--eval-only) stay distinguishable
         budget = path.stem.removeprefix(f"{r['system']}_")
-        key = json.dumps([r["system"], r["epochs"], sde_steps(r), m], sort_keys=True)
+        key = json.dumps([r["system"], r["epochs"], sde_steps(r), m,
+                          r.get("metrics_draws_summary")], sort_keys=True)
         if key in printed:
             budget = printed[key]
         else:
