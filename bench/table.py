@@ -61,14 +61,15 @@ def main() -> None:
         # label a row by its results file (bench/synthetic.py --out), e.g. dw4_cpu_reweight ->
         # "cpu_reweight", so two evaluations of one run (--eval-only) stay distinguishable
         budget = path.stem.removeprefix(f"{r['system']}_")
-        key = json.dumps([r["system"], r["epochs"], sde_steps(r), m,
+        steps = sde_steps(r)
+        key = json.dumps([r["system"], r["epochs"], steps, m,
                           r.get("metrics_draws_summary")], sort_keys=True)
         if key in printed:
             budget = printed[key]
         else:
             printed[key] = budget
             rows.append("| " + " | ".join([
-                r["system"], budget, str(r["epochs"]), sde_steps(r),
+                r["system"], budget, str(r["epochs"]), steps,
                 with_draws(r, "geometric_w2_papers"), with_draws(r, "geometric_w2_invariant"),
                 fmt(m.get("euclidean_w2")), with_draws(r, "energy_w2"), fmt(m.get("path_ess")),
                 f"{pub[0]} / {pub[1]}" if pub else "—",
@@ -79,7 +80,7 @@ def main() -> None:
         if rs:  # importance-resampled samples of the same run (adjoint_core.importance)
             rows.append("| " + " | ".join([
                 r["system"], f"{budget} + importance resampling ×{rs['oversample']}",
-                str(r["epochs"]), sde_steps(r),
+                str(r["epochs"]), steps,
                 fmt(rs.get("geometric_w2_papers")), fmt(rs.get("geometric_w2_invariant")),
                 fmt(rs.get("euclidean_w2")), fmt(rs.get("energy_w2")),
                 f"{fmt(rs.get('ess'))} (≈{rs['ess'] * rs['paths_simulated']:,.0f} effective, "
