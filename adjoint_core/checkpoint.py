@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "environment_versions", "CheckpointError"]
+__all__ = [
+    "COMPONENT_SECTIONS", "save_checkpoint", "load_checkpoint", "environment_versions",
+    "CheckpointError",
+]
 
 FORMAT_VERSION = 1
 
@@ -65,14 +68,20 @@ def save_checkpoint(path: str | Path, state: dict, config: dict | None = None) -
     return path
 
 
+#: The config sections a checkpoint's state depends on (a resumed run must match all of them).
+COMPONENT_SECTIONS = ("energy", "space", "schedule", "model", "buffer")
+
+
 def load_checkpoint(path: str | Path, expected_config: dict | None = None,
-                    map_location: Any = "cpu") -> dict:
+                    map_location: Any = "cpu",
+                    sections: tuple[str, ...] = COMPONENT_SECTIONS) -> dict:
     """Load a checkpoint safely (``weights_only=True``) and check it fits ``expected_config``.
 
     Args:
         path: Checkpoint file.
-        expected_config: If given, the stored config's component sections must match.
+        expected_config: If given, the stored config's ``sections`` must match.
         map_location: Passed to :func:`torch.load`.
+        sections: The config sections compared with ``expected_config``.
 
     Raises:
         CheckpointError: Missing file, unreadable content, unknown format, or a config mismatch
@@ -92,8 +101,7 @@ def load_checkpoint(path: str | Path, expected_config: dict | None = None,
         )
     if expected_config is not None:
         stored = payload.get("config", {})
-        diff = [k for k in ("energy", "space", "schedule", "model", "buffer")
-                if stored.get(k) != expected_config.get(k)]
+        diff = [k for k in sections if stored.get(k) != expected_config.get(k)]
         if diff:
             details = "; ".join(f"{k}: checkpoint {stored.get(k)} vs config "
                                 f"{expected_config.get(k)}" for k in diff)

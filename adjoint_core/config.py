@@ -92,6 +92,13 @@ class RunConfig(BaseModel):
     idem: IDEMSettings = IDEMSettings()
     #: Settings of ``adjoint-core mcmc`` on this config's energy (unused by ``train``).
     mcmc: MCMCSettings | None = None
+    #: Warm start: initialise the network (and its EMA) from another run's checkpoint, a run
+    #: directory (its ``checkpoints/latest.pt``) or a ``.pt`` file, resolved like data paths.
+    #: The optimizer, buffer, counters and learning-rate schedule start fresh. Its ``energy``,
+    #: ``space`` and ``model`` sections must equal this config's; ``schedule``, ``buffer`` and
+    #: ``train`` may differ (e.g. fine-tuning with more SDE steps). Ignored when the run
+    #: directory already has a checkpoint: resuming wins.
+    init_from: str | None = None
 
 
 def _format_validation(exc: ValidationError, source: str) -> str:

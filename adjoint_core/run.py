@@ -211,6 +211,27 @@ def train_run(
         distributed.shutdown(ctx)
 
 
+def _init_checkpoint(cfg: RunConfig, cfg_dict: dict, config_dir: Path | None) -> dict:
+    """Load the checkpoint named by ``init_from`` (a run directory or a file).
+
+    Returns:
+        The checkpoint payload with its resolved ``"path"`` added.
+
+    Raises:
+        ConfigError: The path names neither a checkpoint file nor a run directory with one.
+        CheckpointError: Unreadable, or made with another energy, space or model.
+    """
+    path = resolve_path(cfg.init_from, config_dir)
+    if path.is_dir():
+        path = path / "checkpoints" / "latest.pt"
+    if not path.is_file():
+        raise ConfigError(f"init_from: no checkpoint at {path} (give a run directory with "
+                          f"checkpoints/latest.pt or a .pt file; got {cfg.init_from!r})")
+    payload = load_checkpoint(path, expected_config=cfg_dict,
+                              sections=("energy", "space", "model"))
+    return {**payload, "path": path}
+
+
 def _silent(*args: Any, **kwargs: Any) -> None:
     """The log function of ranks other than 0."""
 
@@ -251,6 +272,16 @@ def _train(
     if state is not None:
         sampler.load_state_dict(state)
         log(f"resuming {out} from epoch {sampler.counters['epoch']}")
+    elif cfg.init_from:
+        source = _init_checkpoint(cfg, cfg_dict, config_dir)
+        sampler.load_weights(source["state"])
+        record["init_from"] = {
+            "path": str(source["path"]),
+            "counters": dict(source["state"].get("counters", {})),
+            "timers": dict(source["state"].get("timers", {})),
+        }
+        log(f"initialised the network from {source['path']} (epoch "
+            f"{source['state'].get('counters', {}).get('epoch', '?')} of that run)")
     if main:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
     eval_time = record.get("timers", {}).get("evaluate", 0.0)
@@ -285,7 +316,7 @@ def _train(
         tmp.replace(metrics_path)
 
     if sampler.counters["epoch"] == 0 and not record["evaluations"]:
-        evaluate("untrained")
+        evaluate("warm-start" if "init_from" in record else "untrained")
 
     def on_epoch(s: AdjointSampler, row: dict) -> None:
         e = s.counters["epoch"]

@@ -622,6 +622,27 @@ class AdjointSampler:
                                                    "little") >> 1
         return out
 
+    def load_weights(self, state: dict) -> None:
+        """Load only the network (and EMA) weights of a :meth:`state_dict` (a warm start).
+
+        The optimizer, buffer, generator, counters and history are left as they are. A state
+        without ``"ema"`` starts this sampler's average (if any) at the loaded weights; an
+        ``"ema"`` entry is ignored when this sampler keeps no average.
+
+        Raises:
+            ValueError: The weights do not fit this sampler's network (the message lists the
+                missing, unexpected or differently shaped parameters).
+        """
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"the checkpoint's network does not fit this model: {exc}") from exc
+        if self.ema_model is not None:
+            if "ema" in state:
+                self.ema_model.load_state_dict(state["ema"])
+            else:
+                self.ema_model.module.load_state_dict(state["model"])
+
     def load_state_dict(self, state: dict) -> None:
         """Restore everything saved by :meth:`state_dict`.
 

@@ -152,6 +152,8 @@ def main() -> None:
                         "final_evaluation": round(eval_wall, 2),
                         "train_command_total": None if args.eval_only else round(train_wall, 2)},
         "evaluated_without_retraining": bool(args.eval_only),
+        # a warm-started run (config init_from): the source run's checkpoint, counters, times
+        "init_from": record.get("init_from"),
         "training_evaluations": record["evaluations"],
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "torch": str(torch.__version__), "device": cfg.device},
