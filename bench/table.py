@@ -47,6 +47,24 @@ def with_draws(r: dict, key: str) -> str:
     return f"{value} ({summary['mean']:.3g} ± {summary['std']:.2g}, {n} draws)"
 
 
+def budget_cells(r: dict) -> tuple[str, str, str, str]:
+    """Epochs, energy evaluations, gradient steps and wall times (simulate / energy / train).
+
+    A warm-started run (config ``init_from``) shows its source run's share first,
+    ``source + this run``, so the row states the whole budget behind its samples.
+    """
+    c, w = r["counts"], r["wall_time_s"]
+    src = r.get("init_from")
+    if not src:
+        return (str(r["epochs"]), f"{c['energy_evals']:,}", f"{c['grad_steps']:,}",
+                f"{w['simulate']:.0f} / {w['energy']:.1f} / {w['train']:.0f}")
+    sc, sw = src["counters"], src["timers"]
+    return (f"{sc['epoch']} + {r['epochs']}", f"{sc['energy_evals']:,} + {c['energy_evals']:,}",
+            f"{sc['grad_steps']:,} + {c['grad_steps']:,}",
+            " / ".join(f"{sw[k]:.{nd}f} + {w[k]:.{nd}f}"
+                       for k, nd in (("simulate", 0), ("energy", 1), ("train", 0))))
+
+
 def main() -> None:
     rows = []
     # an --eval-only re-evaluation (e.g. with --resample) repeats its run's plain metrics: print
@@ -56,7 +74,8 @@ def main() -> None:
         r = json.loads(path.read_text())
         if "metrics" not in r:  # another script's results (e.g. bench/baselines.py)
             continue
-        m, c, w = r["metrics"], r["counts"], r["wall_time_s"]
+        m = r["metrics"]
+        epochs, evals, grads, walls = budget_cells(r)
         pub = PUBLISHED.get(r["system"])
         # label a row by its results file (bench/synthetic.py --out), e.g. dw4_cpu_reweight ->
         # "cpu_reweight", so two evaluations of one run (--eval-only) stay distinguishable
@@ -69,26 +88,24 @@ def main() -> None:
         else:
             printed[key] = budget
             rows.append("| " + " | ".join([
-                r["system"], budget, str(r["epochs"]), steps,
+                r["system"], budget, epochs, steps,
                 with_draws(r, "geometric_w2_papers"), with_draws(r, "geometric_w2_invariant"),
                 fmt(m.get("euclidean_w2")), with_draws(r, "energy_w2"), fmt(m.get("path_ess")),
                 f"{pub[0]} / {pub[1]}" if pub else "—",
-                f"{c['energy_evals']:,}", f"{c['grad_steps']:,}",
-                f"{w['simulate']:.0f} / {w['energy']:.1f} / {w['train']:.0f}",
+                evals, grads, walls,
             ]) + " |")
         rs = r.get("metrics_resampled")
         if rs:  # importance-resampled samples of the same run (adjoint_core.importance)
             rows.append("| " + " | ".join([
                 r["system"], f"{budget} + importance resampling ×{rs['oversample']}",
-                str(r["epochs"]), steps,
+                epochs, steps,
                 fmt(rs.get("geometric_w2_papers")), fmt(rs.get("geometric_w2_invariant")),
                 fmt(rs.get("euclidean_w2")), fmt(rs.get("energy_w2")),
                 f"{fmt(rs.get('ess'))} (≈{rs['ess'] * rs['paths_simulated']:,.0f} effective, "
                 f"{rs['unique_states']:,} distinct)",
                 f"{pub[0]} / {pub[1]}" if pub else "—",
-                f"{c['energy_evals']:,} + {rs['energy_evals']:,}", f"{c['grad_steps']:,}",
-                f"{w['simulate']:.0f} / {w['energy']:.1f} / {w['train']:.0f} "
-                f"(+{rs['wall_time_s']:.0f} resampling)",
+                f"{evals} + {rs['energy_evals']:,}", grads,
+                f"{walls} (+{rs['wall_time_s']:.0f} resampling)",
             ]) + " |")
     print("| system | budget | epochs | SDE steps | geom. W2 (papers) | geom. W2 (invariant) | "
           "Eucl. W2 | energy W2 | path ESS | AS paper geom./energy W2 | energy evals | "
