@@ -97,7 +97,8 @@ class RunConfig(BaseModel):
     #: The optimizer, buffer, counters and learning-rate schedule start fresh. Its ``energy``,
     #: ``space`` and ``model`` sections must equal this config's; ``schedule``, ``buffer`` and
     #: ``train`` may differ (e.g. fine-tuning with more SDE steps). Ignored when the run
-    #: directory already has a checkpoint: resuming wins.
+    #: directory already has a checkpoint: resuming wins. Under ``torchrun`` every process
+    #: reads the file.
     init_from: str | None = None
 
 
