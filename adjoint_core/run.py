@@ -211,11 +211,12 @@ def train_run(
         distributed.shutdown(ctx)
 
 
-def _init_checkpoint(cfg: RunConfig, cfg_dict: dict, config_dir: Path | None) -> dict:
+def _init_checkpoint(cfg: RunConfig, cfg_dict: dict, config_dir: Path | None
+                     ) -> tuple[Path, dict]:
     """Load the checkpoint named by ``init_from`` (a run directory or a file).
 
     Returns:
-        The checkpoint payload with its resolved ``"path"`` added.
+        The resolved checkpoint path and the sampler state stored in it.
 
     Raises:
         ConfigError: The path names neither a checkpoint file nor a run directory with one.
@@ -229,7 +230,7 @@ def _init_checkpoint(cfg: RunConfig, cfg_dict: dict, config_dir: Path | None) ->
                           f"checkpoints/latest.pt or a .pt file; got {cfg.init_from!r})")
     payload = load_checkpoint(path, expected_config=cfg_dict,
                               sections=("energy", "space", "model"))
-    return {**payload, "path": path}
+    return path, payload["state"]
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:
@@ -273,15 +274,12 @@ def _train(
         sampler.load_state_dict(state)
         log(f"resuming {out} from epoch {sampler.counters['epoch']}")
     elif cfg.init_from:
-        source = _init_checkpoint(cfg, cfg_dict, config_dir)
-        sampler.load_weights(source["state"])
-        record["init_from"] = {
-            "path": str(source["path"]),
-            "counters": dict(source["state"].get("counters", {})),
-            "timers": dict(source["state"].get("timers", {})),
-        }
-        log(f"initialised the network from {source['path']} (epoch "
-            f"{source['state'].get('counters', {}).get('epoch', '?')} of that run)")
+        path, source = _init_checkpoint(cfg, cfg_dict, config_dir)
+        sampler.load_weights(source)
+        record["init_from"] = {"path": str(path), "counters": dict(source["counters"]),
+                               "timers": dict(source["timers"])}
+        log(f"initialised the network from {path} (epoch {source['counters']['epoch']} of "
+            "that run)")
     if main:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
     eval_time = record.get("timers", {}).get("evaluate", 0.0)

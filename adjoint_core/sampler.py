@@ -630,17 +630,14 @@ class AdjointSampler:
         ``"ema"`` entry is ignored when this sampler keeps no average.
 
         Raises:
-            ValueError: The weights do not fit this sampler's network (the message lists the
-                missing, unexpected or differently shaped parameters).
+            RuntimeError: The weights do not fit this sampler's network (torch's message lists
+                the missing, unexpected or differently shaped parameters).
         """
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise ValueError(f"the checkpoint's network does not fit this model: {exc}") from exc
+        self.model.load_state_dict(state["model"])
         if self.ema_model is not None:
             if "ema" in state:
                 self.ema_model.load_state_dict(state["ema"])
-            else:
+            else:  # a checkpoint written without EMA: start the average at the weights
                 self.ema_model.module.load_state_dict(state["model"])
 
     def load_state_dict(self, state: dict) -> None:
@@ -651,12 +648,7 @@ class AdjointSampler:
         """
         if "distributed" in state:
             state = self.state_for_rank(state, self.rank, self.world_size)
-        self.model.load_state_dict(state["model"])
-        if self.ema_model is not None:
-            if "ema" in state:
-                self.ema_model.load_state_dict(state["ema"])
-            else:  # a checkpoint written without EMA: start the average at the weights
-                self.ema_model.module.load_state_dict(state["model"])
+        self.load_weights(state)
         self.optimizer.load_state_dict(state["optimizer"])
         self.buffer.load_state_dict(state["buffer"])
         if state["generator"] is None:  # a rank new to this run (see state_for_rank)

@@ -40,18 +40,30 @@ def _model_state(run):
 
 
 @pytest.fixture(scope="module")
-def source_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("source")
-    ref = root / "ref.npy"  # exact samples of the target N((1, -1), I)
-    np.save(ref, np.random.default_rng(0).normal(size=(64, 2)) + np.array([1.0, -1.0]))
-    SOURCE["eval"]["reference"] = str(ref)
-    _train(SOURCE, root / "run")
-    return root / "run"
+def reference(tmp_path_factory):
+    """Exact samples of the target N((1, -1), I)."""
+    path = tmp_path_factory.mktemp("reference") / "ref.npy"
+    np.save(path, np.random.default_rng(0).normal(size=(64, 2)) + np.array([1.0, -1.0]))
+    return path
 
 
-def _fine_tune(source, **changes) -> dict:
-    # finer time steps, another sigma_max, a new buffer size: all allowed to differ
+def _config(reference=None) -> dict:
     cfg = json.loads(json.dumps(SOURCE))
+    if reference is not None:
+        cfg["eval"]["reference"] = str(reference)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def source_run(tmp_path_factory, reference):
+    run = tmp_path_factory.mktemp("source") / "run"
+    _train(_config(reference), run)
+    return run
+
+
+def _fine_tune(source, reference=None, **changes) -> dict:
+    # finer time steps, another sigma_max, a new buffer size: all allowed to differ
+    cfg = _config(reference)
     cfg["schedule"]["sigma_max"] = 1.5
     cfg["buffer"]["capacity"] = 30
     cfg["train"].update(n_epochs=1, n_sde_steps=9, init_samples=20, lr=1e-9)
@@ -60,9 +72,10 @@ def _fine_tune(source, **changes) -> dict:
     return cfg
 
 
-def test_warm_start_loads_the_weights_and_starts_everything_else_fresh(source_run, tmp_path):
+def test_warm_start_loads_the_weights_and_starts_everything_else_fresh(source_run, reference,
+                                                                        tmp_path):
     run = tmp_path / "ft"
-    rec = _train(_fine_tune(source_run), run)
+    rec = _train(_fine_tune(source_run, reference), run)
     src = _model_state(source_run)
     new = _model_state(run)
     # lr 1e-9: after 4 Adam steps the weights are the source's up to ~4e-9
@@ -78,9 +91,10 @@ def test_warm_start_loads_the_weights_and_starts_everything_else_fresh(source_ru
     assert [e["tag"] for e in rec["evaluations"]] == ["warm-start", "final"]
 
 
-def test_warm_start_from_a_checkpoint_file_equals_from_its_run_dir(source_run, tmp_path):
-    a = _train(_fine_tune(source_run), tmp_path / "a")
-    b = _train(_fine_tune(source_run / "checkpoints" / "latest.pt"), tmp_path / "b")
+def test_warm_start_from_a_checkpoint_file_equals_from_its_run_dir(source_run, reference,
+                                                                     tmp_path):
+    a = _train(_fine_tune(source_run, reference), tmp_path / "a")
+    b = _train(_fine_tune(source_run / "checkpoints" / "latest.pt", reference), tmp_path / "b")
     assert a["evaluations"][0]["energy_w2"] == b["evaluations"][0]["energy_w2"]
     for k, v in _model_state(tmp_path / "a").items():
         assert torch.equal(v, _model_state(tmp_path / "b")[k])
@@ -100,11 +114,11 @@ def test_warm_start_from_a_missing_checkpoint_names_the_path(tmp_path):
         _train(cfg, tmp_path / "ft")
 
 
-def test_resume_takes_precedence_over_init_from(source_run, tmp_path):
+def test_resume_takes_precedence_over_init_from(source_run, reference, tmp_path):
     run = tmp_path / "ft"
-    _train(_fine_tune(source_run), run)
+    _train(_fine_tune(source_run, reference), run)
     after_one = _model_state(run)
-    cfg = _fine_tune(source_run)
+    cfg = _fine_tune(source_run, reference)
     cfg["train"]["n_epochs"] = 2
     rec = _train(cfg, run)
     assert rec["counters"]["epoch"] == 2 and rec["counters"]["energy_evals"] == 20 + 2 * 10
