@@ -6,6 +6,7 @@ The core defines five interfaces (:class:`Energy`, :class:`StateSpace`,
 from plugins registered under the ``adjoint_core`` entry-point group.
 """
 
+from .asbs import ASBSSettings, SchrodingerBridgeSampler
 from .buffer import Buffer, ReplayBuffer
 from .energy import Energy
 from .gaussian import GaussianEnergy
@@ -44,6 +45,8 @@ __all__ = [
     "MCMCSettings",
     "IDEMSampler",
     "IDEMSettings",
+    "SchrodingerBridgeSampler",
+    "ASBSSettings",
     "radial_distribution",
     "Buffer",
     "ReplayBuffer",

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .asbs import ASBSSettings
 from .idem import IDEMSettings
 from .mcmc import MCMCSettings
 from .registry import ConfigError, Registry, default_registry
@@ -86,9 +87,12 @@ class RunConfig(BaseModel):
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
     checkpoint_every: int = Field(1, ge=1)
-    #: Training algorithm: Adjoint Sampling, or iDEM (:mod:`adjoint_core.idem`, settings in
-    #: ``idem:``; budgets stay in ``train:``).
-    algorithm: Literal["adjoint", "idem"] = "adjoint"
+    #: Training algorithm: Adjoint Sampling, the Adjoint Schrödinger Bridge Sampler
+    #: (:mod:`adjoint_core.asbs`, settings in ``asbs:``; the corrector is a second network
+    #: built from ``model:``) or iDEM (:mod:`adjoint_core.idem`, settings in ``idem:``).
+    #: Budgets stay in ``train:``.
+    algorithm: Literal["adjoint", "asbs", "idem"] = "adjoint"
+    asbs: ASBSSettings = ASBSSettings()
     idem: IDEMSettings = IDEMSettings()
     #: Settings of ``adjoint-core mcmc`` on this config's energy (unused by ``train``).
     mcmc: MCMCSettings | None = None

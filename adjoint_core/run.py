@@ -35,7 +35,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import RunConfig, build_components, load_config
 from .energy import Energy
 from .periodic import pair_distances, radial_distribution
-from .registry import ConfigError, Registry
+from .registry import ConfigError, Registry, default_registry
 from .sampler import AdjointSampler
 from .spaces import PeriodicSpace, StateSpace
 
@@ -69,6 +69,21 @@ def build_sampler(cfg: RunConfig, registry: Registry | None = None,
 
         return IDEMSampler(c["energy"], c["space"], c["schedule"], c["model"], c["buffer"],
                            settings=cfg.train, idem=cfg.idem, seed=cfg.seed, device=device)
+    if cfg.algorithm == "asbs":
+        if dist_ctx is not None:
+            raise ConfigError("algorithm: asbs does not support data-parallel training "
+                              "(launch without torchrun)")
+        from .asbs import SchrodingerBridgeSampler
+
+        reg = registry or default_registry()
+        corrector = reg.build("model", cfg.model.name, cfg.model.params, space=c["space"],
+                              energy=c["energy"])
+        try:
+            return SchrodingerBridgeSampler(
+                c["energy"], c["space"], c["schedule"], c["model"], corrector, c["buffer"],
+                settings=cfg.train, asbs=cfg.asbs, seed=cfg.seed, device=device)
+        except ValueError as exc:
+            raise ConfigError(f"algorithm: asbs: {exc}") from None
     return AdjointSampler(c["energy"], c["space"], c["schedule"], c["model"], c["buffer"],
                           settings=cfg.train, seed=cfg.seed, device=device,
                           distributed=dist_ctx is not None)
