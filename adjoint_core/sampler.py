@@ -531,7 +531,8 @@ class AdjointSampler:
             if callback is not None:
                 callback(self, row)
             if bar is not None:
-                bar.set_postfix(loss=f"{row['loss']:.3g}",
+                stage = {"stage": row["stage"]} if "stage" in row else {}
+                bar.set_postfix(**stage, loss=f"{row['loss']:.3g}",
                                 E_median=f"{row['buffer_energy_median']:.3g}")
                 bar.update(1)
         if bar is not None:
