@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .asbs import ASBSSettings
 from .idem import IDEMSettings
@@ -104,6 +104,15 @@ class RunConfig(BaseModel):
     #: directory already has a checkpoint: resuming wins. Under ``torchrun`` every process
     #: reads the file.
     init_from: str | None = None
+
+    @model_validator(mode="after")
+    def _algorithm_sections(self) -> RunConfig:
+        for section in ("asbs", "idem"):
+            default = type(getattr(self, section))()
+            if self.algorithm != section and getattr(self, section) != default:
+                raise ValueError(f"an {section}: section only acts with algorithm: {section} "
+                                 f"(got algorithm: {self.algorithm})")
+        return self
 
 
 def _format_validation(exc: ValidationError, source: str) -> str:

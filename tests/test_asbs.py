@@ -190,3 +190,9 @@ def test_refuses_other_algorithms_and_bad_configs():
                 "model": {"name": "mlp_periodic"}}
     with pytest.raises(ConfigError, match="Euclidean"):
         build_sampler(load_config(periodic))
+
+
+def test_asbs_section_needs_the_asbs_algorithm():
+    cfg = {**_cfg(), "algorithm": "adjoint"}
+    with pytest.raises(ConfigError, match="algorithm: asbs"):
+        load_config(cfg)
