@@ -45,10 +45,10 @@ law ``ν`` and
 .. math:: \log \frac{dQ}{dP^u} = -\sum_k \tfrac12\|v_k\|^2\Delta t_k - \sum_k v_k\cdot\Delta W_k
           - E(X_1)/\tau - \log \mathcal N\big(X_1; 0, (s^2 + h(1)^2) I\big) + \text{const},
 
-the running terms of :mod:`adjoint_core.sde`. These weights are valid for any control; they
-are constant only if the learned process' terminal law is ``ν`` *and* its paths are the base
-process reweighted at ``t = 1``, which the Schrödinger bridge is not, so the path ESS of ASBS is
-a lower bound on the quality of its terminal samples rather than the AS quantity.
+the running terms of :mod:`adjoint_core.sde`. These weights are valid importance weights for
+any control (resampling by them targets ``ν``), but ``Q`` is not the Schrödinger bridge (whose
+path measure also carries a factor ``φ̂_0(X_0)``), so even the optimal ASBS control has a path
+ESS below one: compare it between ASBS runs, not with Adjoint Sampling's.
 
 Scope: Euclidean spaces (optionally mean-free). Single process (no ``torchrun``); no
 ``train.reweight``.
