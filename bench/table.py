@@ -98,7 +98,10 @@ def main() -> None:
         # "cpu_reweight", so two evaluations of one run (--eval-only) stay distinguishable
         budget = path.stem.removeprefix(f"{r['system']}_")
         steps = sde_steps(r)
-        key = json.dumps([r["system"], r["epochs"], steps, m,
+        # the same draw evaluated again (e.g. --eval-only --resample with fewer --protocols)
+        same = [m.get(k) for k in ("energy_w2", "geometric_w2_papers", "euclidean_w2",
+                                   "path_ess")]
+        key = json.dumps([r["system"], r["epochs"], steps, same,
                           r.get("metrics_draws_summary")], sort_keys=True)
         if key in printed:
             budget = printed[key]
