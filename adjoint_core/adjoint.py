@@ -27,7 +27,8 @@ from .energy import Energy
 from .schedules import NoiseSchedule
 from .spaces import StateSpace
 
-__all__ = ["clip_per_particle", "terminal_adjoint", "adjoint_matching_loss"]
+__all__ = ["clip_per_particle", "energy_gradient_term", "terminal_adjoint",
+           "adjoint_matching_loss"]
 
 
 def clip_per_particle(
@@ -54,6 +55,19 @@ def clip_per_particle(
     return (rows * scale).reshape(v.shape)
 
 
+def energy_gradient_term(
+    energy: Energy, space: StateSpace, x1: torch.Tensor, max_grad_norm: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Evaluate the energy once: ``(tangent(clip(∇E(x1)/τ)), E(x1))``.
+
+    The energy part of every terminal adjoint (Adjoint Sampling adds the base score, ASBS the
+    corrector). Shapes: ``(batch, *event_shape)`` and ``(batch,)``.
+    """
+    e, grad = energy.energy_and_grad(x1)
+    grad = clip_per_particle(grad / energy.temperature, max_grad_norm, space.particle_shape)
+    return space.tangent(grad), e
+
+
 def terminal_adjoint(
     energy: Energy,
     space: StateSpace,
@@ -74,10 +88,8 @@ def terminal_adjoint(
         ``a`` of shape ``(batch, *event_shape)`` and raw energies ``(batch,)``. Rows where the
         energy or its gradient is not finite have non-finite entries; callers decide.
     """
-    e, grad = energy.energy_and_grad(x1)
-    grad = clip_per_particle(grad / energy.temperature, max_grad_norm, space.particle_shape)
-    a = space.tangent(grad) + space.base_score(x1, schedule)
-    return a, e
+    g, e = energy_gradient_term(energy, space, x1, max_grad_norm)
+    return g + space.base_score(x1, schedule), e
 
 
 def adjoint_matching_loss(

@@ -63,13 +63,12 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from .adjoint import adjoint_matching_loss, clip_per_particle
+from .adjoint import adjoint_matching_loss, energy_gradient_term
 from .buffer import Buffer, ReplayBuffer
 from .energy import Energy
 from .models import Model
 from .sampler import AdjointSampler, NonFiniteEnergyError, TrainSettings
 from .schedules import NoiseSchedule
-from .sde import simulate
 from .spaces import EuclideanSpace, StateSpace
 
 __all__ = ["ASBSSettings", "SchrodingerBridgeSampler", "source_bridge_sample",
@@ -212,59 +211,6 @@ class SchrodingerBridgeSampler(AdjointSampler):
         return -0.5 * sq / v - 0.5 * self.space.dim * math.log(2 * math.pi * v)
 
     @torch.no_grad()
-    def simulate_pairs(
-        self, n: int, n_steps: int | None = None, batch_size: int | None = None,
-        path_weights: bool = False, generator: torch.Generator | None = None,
-        controlled: bool = True, progress: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Simulate ``n`` paths from the source; return ``(x0, x1, running log-weight)``.
-
-        Args:
-            n: Number of paths.
-            n_steps: Euler–Maruyama steps (default: the training value).
-            batch_size: Paths simulated at once (default: ``sim_batch_size``).
-            path_weights: Accumulate the running terms (else zeros).
-            generator: Random generator (default: the sampler's own).
-            controlled: ``False`` simulates the base process (zero control).
-            progress: Show a tqdm progress bar.
-
-        Returns:
-            ``x0`` and ``x1`` of shape ``(n, *event_shape)`` and ``−(control + noise cost)``
-            of shape ``(n,)``.
-        """
-        from tqdm.auto import tqdm
-
-        n_steps = n_steps or self.settings.n_sde_steps
-        batch_size = batch_size or self.settings.sim_batch_size
-        gen = generator or self.generator
-        net = self.sampling_model
-        was_training = net.training
-        net.eval()
-
-        def zero(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            return torch.zeros_like(x)
-
-        control = self._control if controlled else zero
-        x0s, x1s, lws = [], [], []
-        with tqdm(total=n, desc="simulating", unit="path", disable=not progress) as bar:
-            for start in range(0, n, batch_size):
-                b = min(batch_size, n - start)
-                x0 = self.sample_source(b, gen)
-                res = simulate(control, self.space, self.schedule, b, n_steps, gen,
-                               self.device, x0=x0, path_weights=path_weights)
-                if controlled:
-                    self.counters["model_evals"] += res.n_model_evals * b
-                x0s.append(x0)
-                x1s.append(res.x1)
-                lws.append(-res.control_cost - res.noise_cost)
-                bar.update(b)
-        net.train(was_training)
-        if not x1s:
-            empty = self.space.origin(0, self.device)
-            return empty, empty, torch.zeros(0, dtype=torch.float64)
-        return torch.cat(x0s), torch.cat(x1s), torch.cat(lws)
-
-    @torch.no_grad()
     def sample(
         self, n: int, n_steps: int | None = None, batch_size: int | None = None,
         path_weights: bool = False, generator: torch.Generator | None = None,
@@ -276,8 +222,8 @@ class SchrodingerBridgeSampler(AdjointSampler):
         log-weights include ``−log p^base_1(x_1)`` of the source-convolved base marginal
         (the terminal ``−E/τ`` is left out).
         """
-        _, x1, lw = self.simulate_pairs(n, n_steps, batch_size, path_weights, generator,
-                                        progress=progress)
+        _, x1, lw = self.simulate_paths(n, n_steps, batch_size, path_weights, generator,
+                                        source=self.sample_source, progress=progress)
         if not path_weights:
             return x1
         return x1, lw
@@ -304,10 +250,7 @@ class SchrodingerBridgeSampler(AdjointSampler):
         Returns:
             Adjoints of the shape of ``x1`` and raw energies ``(batch,)``.
         """
-        e, grad = self.energy.energy_and_grad(x1)
-        grad = clip_per_particle(grad / self.energy.temperature, self.settings.max_grad_norm,
-                                 self.space.particle_shape)
-        a = self.space.tangent(grad)
+        a, e = energy_gradient_term(self.energy, self.space, x1, self.settings.max_grad_norm)
         if use_corrector:
             with torch.no_grad():
                 ones = torch.ones(x1.shape[0], device=x1.device, dtype=x1.dtype)
@@ -327,21 +270,14 @@ class SchrodingerBridgeSampler(AdjointSampler):
             NonFiniteEnergyError: Under ``nonfinite="raise"``.
         """
         t0 = time.perf_counter()
-        x0, x1, _ = self.simulate_pairs(n)
+        x0, x1, _ = self.simulate_paths(n, source=self.sample_source)
         self.timers["simulate"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         _, k = self.stage()
         a, e = self.terminal_adjoint(x1, use_corrector=k > 0)
         self.counters["energy_evals"] += n
         self.launch_energy_evals += n
-        ok = torch.isfinite(e) & torch.isfinite(a.flatten(1)).all(-1)
-        n_bad = int((~ok).sum())
-        if n_bad:
-            if self.settings.nonfinite == "raise":
-                raise NonFiniteEnergyError(
-                    f"epoch {self.counters['epoch']}: {n_bad} of {n} samples have a non-finite "
-                    f"energy or gradient (set train.nonfinite='drop' to skip them)")
-            self.counters["nonfinite_dropped"] += n_bad
+        ok = self._finite_rows(e, a)
         if bool(ok.any()):
             self.buffer.add(x1[ok], a[ok], energy=e[ok], x0=x0[ok])
         self.timers["energy"] += time.perf_counter() - t0
@@ -357,7 +293,8 @@ class SchrodingerBridgeSampler(AdjointSampler):
         controlled = self.stage()[1] > 0
         bs = self.settings.sim_batch_size
         for start in range(0, n, bs):
-            x0, x1, _ = self.simulate_pairs(min(bs, n - start), controlled=controlled)
+            x0, x1, _ = self.simulate_paths(min(bs, n - start), source=self.sample_source,
+                                            controlled=controlled)
             self.corrector_buffer.add(x1, corrector_target(self.space, self.schedule, x0, x1))
         self.timers["simulate"] += time.perf_counter() - t0
 

@@ -67,7 +67,6 @@ from .energy import Energy
 from .models import Model
 from .sampler import AdjointSampler, TrainSettings
 from .schedules import NoiseSchedule
-from .sde import simulate
 from .spaces import StateSpace
 
 __all__ = ["IDEMSettings", "IDEMSampler", "estimate_noised_score", "noise_std"]
@@ -179,31 +178,9 @@ class IDEMSampler(AdjointSampler):
         self.idem = idem or IDEMSettings()
 
     # ------------------------------------------------------------------ sampling
-    @torch.no_grad()
-    def _simulate(self, n: int, n_steps: int | None, batch_size: int | None,
-                  path_weights: bool, generator: torch.Generator | None
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n_steps = n_steps or self.settings.n_sde_steps
-        batch_size = batch_size or self.settings.sim_batch_size
-        gen = generator or self.generator
-        net = self.sampling_model
-        was_training = net.training
-        net.eval()
-        xs, lw, x0s = [], [], []
-        for start in range(0, n, batch_size):
-            b = min(batch_size, n - start)
-            x0 = self.space.sample_base(b, self.schedule, gen, self.device)
-            res = simulate(self._control, self.space, self.schedule, b, n_steps, gen,
-                           self.device, x0=x0, path_weights=path_weights)
-            self.counters["model_evals"] += res.n_model_evals * b
-            xs.append(res.x1)
-            x0s.append(x0)
-            lw.append(-res.control_cost - res.noise_cost)
-        net.train(was_training)
-        if not xs:
-            empty = self.space.origin(0, self.device)
-            return empty, empty, torch.zeros(0, dtype=torch.float64)
-        return torch.cat(xs), torch.cat(x0s), torch.cat(lw)
+    def _prior(self, b: int, generator: torch.Generator) -> torch.Tensor:
+        """``b`` draws of the prior ``N(0, h(1)² I)``, where the reverse SDE starts."""
+        return self.space.sample_base(b, self.schedule, generator, self.device)
 
     @torch.no_grad()
     def sample(
@@ -223,7 +200,8 @@ class IDEMSampler(AdjointSampler):
         Returns:
             Samples ``(n, *event_shape)``; with ``path_weights`` also ``(n,)`` log-weights.
         """
-        x, x0, lw = self._simulate(n, n_steps, batch_size, path_weights, generator)
+        x0, x, lw = self.simulate_paths(n, n_steps, batch_size, path_weights, generator,
+                                        source=self._prior)
         if not path_weights:
             return x
         return x, lw - self.space.base_log_prob(x0, self.schedule).double()

@@ -274,27 +274,67 @@ class AdjointSampler:
             Samples ``(n, *event_shape)``; with ``path_weights`` also ``log w`` without the
             terminal cost, shape ``(n,)`` (see :mod:`adjoint_core.sde`).
         """
+        _, x, lw = self.simulate_paths(n, n_steps, batch_size, path_weights, generator,
+                                       progress=progress)
+        return (x, lw) if path_weights else x
+
+    @torch.no_grad()
+    def simulate_paths(
+        self, n: int, n_steps: int | None = None, batch_size: int | None = None,
+        path_weights: bool = False, generator: torch.Generator | None = None,
+        source: Callable[[int, torch.Generator], torch.Tensor] | None = None,
+        controlled: bool = True, progress: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """Simulate ``n`` paths in batches with the sampling network in eval mode.
+
+        Shared by :meth:`sample` and the samplers that start from a distribution
+        (:class:`~adjoint_core.asbs.SchrodingerBridgeSampler`,
+        :class:`~adjoint_core.idem.IDEMSampler`).
+
+        Args:
+            n: Number of paths.
+            n_steps: Euler–Maruyama steps (default: the training value).
+            batch_size: Paths simulated at once (default: ``sim_batch_size``).
+            path_weights: Accumulate the running terms of the log-weights (else zeros).
+            generator: Random generator (default: the sampler's own).
+            source: ``source(b, generator)`` draws the ``(b, *event_shape)`` start states of a
+                batch before its Brownian increments; ``None``: the space's origin.
+            controlled: ``False`` simulates the base process (zero control, no model
+                evaluations counted).
+            progress: Show a tqdm progress bar over the simulated paths.
+
+        Returns:
+            ``(x0, x1, log_w)``: start states (``None`` without ``source``), terminal states
+            ``(n, *event_shape)`` and ``−(control + noise cost)`` of shape ``(n,)``.
+        """
+        from tqdm.auto import tqdm
+
         n_steps = n_steps or self.settings.n_sde_steps
         batch_size = batch_size or self.settings.sim_batch_size
         gen = generator or self.generator
         net = self.sampling_model
         was_training = net.training
         net.eval()
-        xs, lw = [], []
-        from tqdm.auto import tqdm
-
+        control = self._control if controlled else (lambda t, x: torch.zeros_like(x))
+        x0s, x1s, lws = [], [], []
         with tqdm(total=n, desc="simulating", unit="path", disable=not progress) as bar:
             for start in range(0, n, batch_size):
                 b = min(batch_size, n - start)
-                res = simulate(self._control, self.space, self.schedule, b, n_steps, gen,
-                               self.device, path_weights=path_weights)
-                self.counters["model_evals"] += res.n_model_evals * b
-                xs.append(res.x1)
-                lw.append(-res.control_cost - res.noise_cost)
+                x0 = None if source is None else source(b, gen)
+                res = simulate(control, self.space, self.schedule, b, n_steps, gen,
+                               self.device, x0=x0, path_weights=path_weights)
+                if controlled:
+                    self.counters["model_evals"] += res.n_model_evals * b
+                x0s.append(x0)
+                x1s.append(res.x1)
+                lws.append(-res.control_cost - res.noise_cost)
                 bar.update(b)
         net.train(was_training)
-        x = torch.cat(xs) if xs else self.space.origin(0, self.device)
-        return (x, torch.cat(lw)) if path_weights else x
+        if not x1s:
+            empty = self.space.origin(0, self.device)
+            return (None if source is None else empty), empty, torch.zeros(0, dtype=torch.float64)
+        x0 = None if source is None else torch.cat(x0s)
+        return x0, torch.cat(x1s), torch.cat(lws)
 
     def path_log_weights(self, n: int, **kw) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples and their full path log-weights ``log w`` (including ``-Φ(x_1)``).
@@ -334,21 +374,31 @@ class AdjointSampler:
             extras["log_weight"] = log_w - phi
         self.counters["energy_evals"] += n
         self.launch_energy_evals += n
-        ok = torch.isfinite(e) & torch.isfinite(a.flatten(1)).all(-1)
-        n_bad = int((~ok).sum())
-        if n_bad:
-            if self.settings.nonfinite == "raise":
-                raise NonFiniteEnergyError(
-                    f"epoch {self.counters['epoch']}: {n_bad} of {n} samples have a non-finite "
-                    f"energy or gradient (set train.nonfinite='drop' to skip them)"
-                )
-            self.counters["nonfinite_dropped"] += n_bad
+        ok = self._finite_rows(e, a)
+        if not bool(ok.all()):
             x1, a = x1[ok], a[ok]
             extras = {k: v[ok] for k, v in extras.items()}
         if x1.shape[0]:
             self.buffer.add(x1, a, **extras)
         self.timers["energy"] += time.perf_counter() - t0
         return int(x1.shape[0])
+
+    def _finite_rows(self, e: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Mask ``(batch,)`` of rows whose energy and adjoint are finite; counts the others.
+
+        Raises:
+            NonFiniteEnergyError: Under ``nonfinite="raise"`` if any row is not finite.
+        """
+        ok = torch.isfinite(e) & torch.isfinite(a.flatten(1)).all(-1)
+        n_bad = int((~ok).sum())
+        if n_bad:
+            if self.settings.nonfinite == "raise":
+                raise NonFiniteEnergyError(
+                    f"epoch {self.counters['epoch']}: {n_bad} of {e.shape[0]} samples have a "
+                    f"non-finite energy or gradient (set train.nonfinite='drop' to skip them)"
+                )
+            self.counters["nonfinite_dropped"] += n_bad
+        return ok
 
     def buffer_probabilities(self) -> torch.Tensor | None:
         """Draw probabilities of the buffer rows under ``reweight`` (else ``None``).
