@@ -290,12 +290,9 @@ class SchrodingerBridgeSampler(AdjointSampler):
         energy evaluations.
         """
         t0 = time.perf_counter()
-        controlled = self.stage()[1] > 0
-        bs = self.settings.sim_batch_size
-        for start in range(0, n, bs):
-            x0, x1, _ = self.simulate_paths(min(bs, n - start), source=self.sample_source,
-                                            controlled=controlled)
-            self.corrector_buffer.add(x1, corrector_target(self.space, self.schedule, x0, x1))
+        x0, x1, _ = self.simulate_paths(n, source=self.sample_source,
+                                        controlled=self.stage()[1] > 0)
+        self.corrector_buffer.add(x1, corrector_target(self.space, self.schedule, x0, x1))
         self.timers["simulate"] += time.perf_counter() - t0
 
     def loss(self, batch: dict, model: torch.nn.Module | None = None) -> torch.Tensor:
