@@ -308,8 +308,7 @@ class SchrodingerBridgeSampler(AdjointSampler):
         x1 = batch["x1"].to(self.device)
         x0 = batch["x0"].to(self.device)
         a = batch["adjoint"].to(self.device)
-        t = torch.rand(x1.shape[0], generator=self.generator, device=self.device,
-                       dtype=x1.dtype)
+        t = self.regression_times(x1.shape[0], x1.dtype)
         xt = source_bridge_sample(self.space, self.schedule, x0, x1, t, self.generator)
         net = self.model if model is None else model
         return adjoint_matching_loss(self.space.tangent(net(t, xt)), a)

@@ -173,6 +173,11 @@ class IDEMSampler(AdjointSampler):
             raise ValueError("train.reweight is an Adjoint Sampling option (path weights of "
                              "the controlled SDE); iDEM regresses a Monte Carlo score and "
                              "does not use it")
+        if self.settings.variance_time_fraction:
+            raise ValueError("train.variance_time_fraction "
+                             f"({self.settings.variance_time_fraction}) is an Adjoint Sampling "
+                             "option (times of the adjoint-matching regression); iDEM draws "
+                             "its noise levels uniformly and does not use it")
         if isinstance(idem, dict):
             idem = IDEMSettings(**idem)
         self.idem = idem or IDEMSettings()
