@@ -169,15 +169,12 @@ class IDEMSampler(AdjointSampler):
     ) -> None:
         super().__init__(energy, space, schedule, model, buffer, settings, seed, device,
                          optimizer)
-        if self.settings.reweight:
-            raise ValueError("train.reweight is an Adjoint Sampling option (path weights of "
-                             "the controlled SDE); iDEM regresses a Monte Carlo score and "
-                             "does not use it")
-        if self.settings.variance_time_fraction:
-            raise ValueError("train.variance_time_fraction "
-                             f"({self.settings.variance_time_fraction}) is an Adjoint Sampling "
-                             "option (times of the adjoint-matching regression); iDEM draws "
-                             "its noise levels uniformly and does not use it")
+        for name, what in (("reweight", "path weights of the controlled SDE"),
+                           ("variance_time_fraction", "times of the adjoint-matching regression")):
+            if getattr(self.settings, name):
+                raise ValueError(f"train.{name} ({getattr(self.settings, name)}) is an Adjoint "
+                                 f"Sampling option ({what}); iDEM regresses a Monte Carlo score "
+                                 "at uniformly drawn noise levels and does not use it")
         if isinstance(idem, dict):
             idem = IDEMSettings(**idem)
         self.idem = idem or IDEMSettings()
