@@ -13,10 +13,11 @@ Semantics (implemented by :class:`adjoint_core.sampler.AdjointSampler` with
   *global*: rank ``r`` of ``W`` simulates and evaluates :func:`split_evenly` ``(n, r, W)`` of
   them (the first ``n mod W`` ranks take one more). The number of energy evaluations of a run
   is therefore that of the single-process run with the same config.
-* **Model.** The model is wrapped in ``DistributedDataParallel`` for the regression steps
-  (simulation uses the bare module, no communication). Every rank builds it from the same
-  global torch seed and DDP broadcasts rank 0's parameters, so the ranks start identical and
-  stay identical (gradients are averaged, every rank applies the same optimizer step). Each
+* **Model.** Every rank builds the model from the same global torch seed and the sampler
+  broadcasts rank 0's parameters and buffers (:func:`broadcast_module`), so the ranks start
+  identical; after each ``backward()`` :func:`average_gradients` all-reduces the gradients
+  (what ``DistributedDataParallel`` computes), so every rank applies the same optimizer step
+  and the ranks stay identical. Simulation uses the model with no communication. Each
   rank's loss is weighted by ``b_r·W/B`` (``b_r`` its batch, ``B`` the global batch), so the
   averaged gradient is exactly the gradient of the mean loss over the ``B`` rows of the
   global batch, also when ``B`` is not a multiple of ``W``.
@@ -68,6 +69,8 @@ __all__ = [
     "all_gather_objects",
     "parameter_digest",
     "object_group",
+    "broadcast_module",
+    "average_gradients",
 ]
 
 T = TypeVar("T")
@@ -255,6 +258,74 @@ def _active() -> bool:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _flat_groups(tensors: list[torch.Tensor]) -> list[list[int]]:
+    """Indices of ``tensors`` grouped by (dtype, device): one flat buffer per group."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault((t.dtype, t.device), []).append(i)
+    return list(groups.values())
+
+
+def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into ``module`` on every rank, in place.
+
+    One ``broadcast`` of a flat buffer per (dtype, device) group (a no-op without a process
+    group of more than one rank). Every rank must call it with a module of the same structure.
+    """
+    if not _active():
+        return
+    import torch.distributed as dist
+
+    tensors = [t.data for t in (*module.parameters(), *module.buffers())]
+    with torch.no_grad():
+        for idx in _flat_groups(tensors):
+            flat = torch.cat([tensors[i].reshape(-1) for i in idx])
+            dist.broadcast(flat, src=src)
+            offset = 0
+            for i in idx:
+                n = tensors[i].numel()
+                tensors[i].copy_(flat[offset:offset + n].view_as(tensors[i]))
+                offset += n
+
+
+def average_gradients(module: torch.nn.Module) -> None:
+    """Replace every parameter's gradient by its mean over the ranks, in place.
+
+    Called between ``backward()`` and the optimizer step, it makes every rank apply the same
+    update. One ``all_reduce`` (sum, then division by the world size) of a flat buffer per
+    (dtype, device) group. A parameter that requires a gradient but has none on this rank
+    contributes zeros and receives the mean, so the ranks stay in step when a parameter is
+    unused on some of them. A no-op without a process group of more than one rank.
+
+    This is what ``DistributedDataParallel`` computes, without its bucketed overlap of
+    communication and backward; it is used instead because a DDP wrapper keeps the ``gloo``
+    process group alive after ``destroy_process_group()`` in torch 2.13, whose worker threads
+    can then abort the interpreter at exit (``terminate called without an active
+    exception``).
+    """
+    if not _active():
+        return
+    import torch.distributed as dist
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    world = dist.get_world_size()
+    with torch.no_grad():
+        for idx in _flat_groups(grads):
+            flat = torch.cat([grads[i].reshape(-1) for i in idx])
+            dist.all_reduce(flat)
+            flat.div_(world)
+            offset = 0
+            for i in idx:
+                n = params[i].numel()
+                mean = flat[offset:offset + n].view_as(params[i])
+                if params[i].grad is None:
+                    params[i].grad = mean.clone()
+                else:
+                    params[i].grad.copy_(mean)
+                offset += n
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:

@@ -286,7 +286,7 @@ class IDEMSampler(AdjointSampler):
             raise RuntimeError("iDEM replay buffer is empty: every prior sample had a "
                                "non-finite energy")
         t0 = time.perf_counter()
-        self._train_model.train()
+        self.model.train()
         losses = [self.train_step() for _ in range(s.grad_steps_per_epoch)]
         self.timers["train"] += time.perf_counter() - t0
         energies = []

@@ -218,6 +218,10 @@ def train_run(
         cfg = config
     if not distributed.launched_by_torchrun():
         return _train(cfg, config_dir, Path(out), registry, progress, log, None)
+    # Import the plugins before the process group exists: a library imported after it (e.g.
+    # torch_geometric) can keep the group alive past destroy_process_group(), and its worker
+    # threads can then abort the interpreter at exit.
+    registry = registry or default_registry()
     ctx = distributed.init_from_env(cfg.device)
     try:
         return _train(cfg, config_dir, Path(out), registry, progress and ctx.is_main,

@@ -21,10 +21,10 @@ the global torch seed, which the CLI sets from the same seed.
 **Data parallel** (``distributed=True``, inside an initialised ``torch.distributed`` process
 group, e.g. under ``torchrun``; see :mod:`adjoint_core.distributed` and ``docs/scaling.md``):
 ``samples_per_epoch``, ``init_samples`` and ``train_batch_size`` are global budgets split over
-the ranks, each rank keeps its own shard of the replay buffer, the model is trained through
-``DistributedDataParallel`` and rank ``r`` seeds its generator with ``seed + r``. Counters are
-summed over ranks after every epoch. With a single process nothing of this runs and the loop is
-exactly the one described above.
+the ranks, each rank keeps its own shard of the replay buffer, the gradients are averaged over
+the ranks before every optimizer step and rank ``r`` seeds its generator with ``seed + r``.
+Counters are summed over ranks after every epoch. With a single process nothing of this runs
+and the loop is exactly the one described above.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .adjoint import adjoint_matching_loss, terminal_adjoint
 from .buffer import Buffer, ReplayBuffer
+from .distributed import average_gradients, broadcast_module
 from .energy import Energy
 from .models import Model
 from .schedules import NoiseSchedule
@@ -164,7 +165,7 @@ class AdjointSampler:
         optimizer: Optional optimizer over ``model.parameters()`` (default Adam(lr)).
         distributed: Train data-parallel over the ranks of the initialised default
             ``torch.distributed`` process group (all ranks must construct the sampler with the
-            same settings; the constructor is a collective: DDP broadcasts rank 0's
+            same settings; the constructor is a collective: it broadcasts rank 0's
             parameters). ``False`` (default): a single process, no ``torch.distributed``.
 
     Attributes:
@@ -208,7 +209,6 @@ class AdjointSampler:
         self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=self.settings.lr)
         self.distributed = bool(distributed)
         self.rank, self.world_size = 0, 1
-        self._train_model: torch.nn.Module = self.model  # DDP wrapper when distributed
         #: Parameter average used for simulation when ``settings.ema_decay`` is set.
         self.ema_model: torch.optim.swa_utils.AveragedModel | None = None
         if self.settings.ema_decay is not None:
@@ -231,7 +231,6 @@ class AdjointSampler:
 
     def _setup_distributed(self) -> None:
         import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
 
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError("AdjointSampler(distributed=True) needs an initialised "
@@ -245,8 +244,7 @@ class AdjointSampler:
         if 0 < s.init_samples < w:
             raise ValueError(f"train.init_samples={s.init_samples} is a global budget and must "
                              f"be 0 or at least the number of processes ({w})")
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        self._train_model = DistributedDataParallel(self.model, device_ids=ids)
+        broadcast_module(self.model)
 
     def _share(self, n: int) -> int:
         """This rank's part of a global count ``n`` (``n`` itself in a single process)."""
@@ -438,8 +436,7 @@ class AdjointSampler:
 
         Args:
             batch: Buffer rows ``{"x1": (b, *event_shape), "adjoint": (b, *event_shape)}``.
-            model: Network to evaluate (default: the bare model; the training step passes the
-                DDP wrapper when distributed).
+            model: Network to evaluate (default: ``self.model``).
 
         Returns:
             The scalar loss (mean over the ``b`` rows and all coordinates).
@@ -491,19 +488,22 @@ class AdjointSampler:
         """One Adam step on a fresh buffer batch; returns the loss.
 
         Distributed: this rank draws its share ``b_r`` of ``train_batch_size`` from its buffer
-        shard and back-propagates ``loss · b_r·W/B`` through DDP, whose gradient average is
-        then the gradient of the mean loss over the global batch. Returns this rank's unweighted
+        shard and back-propagates ``loss · b_r·W/B``; the average of those gradients over the
+        ranks (:func:`~adjoint_core.distributed.average_gradients`) is the gradient of the mean
+        loss over the global batch. Returns this rank's unweighted
         loss.
         """
         b = self._share(self.settings.train_batch_size)
         batch = self.buffer.sample(b, self.generator, probs=self.buffer_probabilities())
-        loss = self.loss(batch, self._train_model)
+        loss = self.loss(batch)
         objective = loss
         if self.distributed:
             objective = loss * (b * self.world_size / self.settings.train_batch_size)
         self._set_lr()
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
+        if self.distributed:
+            average_gradients(self.model)
         if self.settings.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         self.optimizer.step()
@@ -524,7 +524,7 @@ class AdjointSampler:
             raise NonFiniteEnergyError("replay buffer is empty: every sample had a non-finite "
                                        "energy or gradient")
         t0 = time.perf_counter()
-        self._train_model.train()
+        self.model.train()
         losses = [self.train_step() for _ in range(s.grad_steps_per_epoch)]
         self.timers["train"] += time.perf_counter() - t0
         self.counters["epoch"] += 1

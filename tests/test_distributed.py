@@ -251,7 +251,8 @@ def test_cli_two_processes_dw4(tmp_path):
 
 # ---------------------------------------------------------------------- worker (under torchrun)
 def _global_batch_gradient(ctx: D.DistContext) -> dict:
-    """One SGD(lr=1) step through DDP vs the mean gradient over the global batch."""
+    """One SGD(lr=1) step with the gradient all-reduce vs the mean gradient over the global
+    batch."""
     import torch.distributed as dist
 
     from adjoint_core import AdjointSampler, EuclideanSpace, GaussianEnergy, GeometricSchedule
@@ -332,8 +333,48 @@ def _worker(out: Path) -> None:
         D.shutdown(ctx)
 
 
+def _threads() -> list[str]:
+    """Names of this process's threads (Linux ``/proc``)."""
+    task = Path("/proc/self/task")
+    return sorted((task / t / "comm").read_text().strip() for t in os.listdir(task))
+
+
+def _release_worker(out: Path, config: Path) -> None:
+    """The CLI in this process under torchrun, then the threads left behind."""
+    rc = main(["train", str(config), "--out", str(out / "run"), "--no-progress"])
+    rank = os.environ["RANK"]
+    (out / f"threads{rank}.json").write_text(json.dumps(
+        {"rc": rc, "threads": _threads(),
+         "initialized": torch.distributed.is_initialized()}))
+
+
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]))
+    if sys.argv[1] == "release":
+        _release_worker(Path(sys.argv[2]), Path(sys.argv[3]))
+    else:
+        _worker(Path(sys.argv[1]))
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
+def test_process_group_released_after_train(tmp_path):
+    """After ``train`` under torchrun no gloo thread is left running.
+
+    A process group that outlives ``destroy_process_group()`` (kept by a
+    ``DistributedDataParallel`` wrapper, or by a library such as torch_geometric imported after
+    the group was created) keeps its worker threads; one of them can still be releasing the
+    last collective's tensors when the interpreter shuts down, which aborts the process
+    (``terminate called without an active exception``) after a successful run. The DW-4
+    config uses the EGNN plugin, which imports torch_geometric.
+    """
+    pytest.importorskip("adjoint_core_egnn")
+    cfg = tmp_path / "dw4.yaml"
+    cfg.write_text(yaml.safe_dump({**DW4, "train": {**DW4["train"], "n_epochs": 1}}))
+    _torchrun(str(Path(__file__).resolve()), "release", str(tmp_path), str(cfg),
+              env=_env(PYTHONPATH=str(REPO)))
+    for rank in (0, 1):
+        res = json.loads((tmp_path / f"threads{rank}.json").read_text())
+        assert res["rc"] == 0 and not res["initialized"]
+        assert not [t for t in res["threads"] if "gloo" in t], res["threads"]
 
 
 def test_two_process_warm_start(tmp_path):
