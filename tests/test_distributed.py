@@ -184,6 +184,13 @@ def test_two_rank_semantics(tmp_path):
         assert r["grad_err"] <= 1e-5 * r["grad_scale"], r
     assert res[0]["digest"] == res[1]["digest"]  # identical parameters after the step
     assert res[0]["first_sample"] != res[1]["first_sample"]  # seed + rank: distinct noise
+    # broadcast_module: rank 0's parameters and buffers everywhere (they differed before);
+    # average_gradients: the mean of 1 and 2, and (1 + 0)/2 where rank 1 had no gradient
+    m0, m1 = res[0]["module"], res[1]["module"]
+    assert m0["digest_before"] != m1["digest_before"]
+    assert m0["digest_after"] == m1["digest_after"] == m0["digest_before"]
+    assert m0["mean_grads"] == m1["mean_grads"] == [[1.5]] * 5 + [[0.5]]
+    assert m0["buffers"] == m1["buffers"] == [[0.0] * 4, 7]
 
     # train_run under torchrun: counters are global, each rank did its share
     rec = json.loads((tmp_path / "straight" / "metrics.json").read_text())
@@ -289,6 +296,27 @@ def _global_batch_gradient(ctx: D.DistContext) -> dict:
             "digest": D.parameter_digest(model)}
 
 
+def _module_collectives(ctx: D.DistContext) -> dict:
+    """``broadcast_module`` and ``average_gradients`` on a module that differs per rank."""
+    torch.manual_seed(100 + ctx.rank)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4),
+                                torch.nn.Linear(4, 1)).double()
+    model[1].running_mean.fill_(ctx.rank)  # buffers too, in two dtypes (float64, int64)
+    model[1].num_batches_tracked.fill_(7 + ctx.rank)
+    before = D.parameter_digest(model)
+    D.broadcast_module(model)
+    # gradients: rank r sets grad = (r + 1) · ones on every parameter, except that rank 1
+    # leaves the last layer's bias without a gradient (it contributes zeros)
+    params = list(model.parameters())
+    for i, p in enumerate(params):
+        if not (ctx.rank == 1 and i == len(params) - 1):
+            p.grad = torch.full_like(p, float(ctx.rank + 1))
+    D.average_gradients(model)
+    return {"digest_before": before, "digest_after": D.parameter_digest(model),
+            "buffers": [model[1].running_mean.tolist(), int(model[1].num_batches_tracked)],
+            "mean_grads": [sorted(set(p.grad.flatten().tolist())) for p in params]}
+
+
 def _train_run_resume(ctx: D.DistContext, out: Path) -> dict:
     """``train_run`` straight for 3 epochs vs 2 epochs then resumed to 3 (both 2 processes)."""
     from adjoint_core.config import load_config
@@ -327,6 +355,7 @@ def _worker(out: Path) -> None:
     try:
         res = {"rank": ctx.rank, "world_size": ctx.world_size, "backend": ctx.backend}
         res.update(_global_batch_gradient(ctx))
+        res["module"] = _module_collectives(ctx)
         res.update(_train_run_resume(ctx, out))
         (out / f"rank{ctx.rank}.json").write_text(json.dumps(res))
     finally:
