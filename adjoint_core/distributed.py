@@ -260,12 +260,21 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _flat_groups(tensors: list[torch.Tensor]) -> list[list[int]]:
-    """Indices of ``tensors`` grouped by (dtype, device): one flat buffer per group."""
-    groups: dict[tuple, list[int]] = {}
-    for i, t in enumerate(tensors):
-        groups.setdefault((t.dtype, t.device), []).append(i)
-    return list(groups.values())
+def _flat_collective(tensors: list[torch.Tensor], collective: Callable[[torch.Tensor], Any]
+                     ) -> None:
+    """Run ``collective`` in place on one flat buffer per (dtype, device) group of ``tensors``.
+
+    The result is copied back into ``tensors`` (same shapes), so one message carries each group.
+    """
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    with torch.no_grad():
+        for group in groups.values():
+            flat = torch.cat([t.reshape(-1) for t in group])
+            collective(flat)
+            for t, part in zip(group, flat.split([t.numel() for t in group]), strict=True):
+                t.copy_(part.view_as(t))
 
 
 def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
@@ -278,16 +287,8 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
         return
     import torch.distributed as dist
 
-    tensors = [t.data for t in (*module.parameters(), *module.buffers())]
-    with torch.no_grad():
-        for idx in _flat_groups(tensors):
-            flat = torch.cat([tensors[i].reshape(-1) for i in idx])
-            dist.broadcast(flat, src=src)
-            offset = 0
-            for i in idx:
-                n = tensors[i].numel()
-                tensors[i].copy_(flat[offset:offset + n].view_as(tensors[i]))
-                offset += n
+    _flat_collective([t.data for t in (*module.parameters(), *module.buffers())],
+                     lambda flat: dist.broadcast(flat, src=src))
 
 
 def average_gradients(module: torch.nn.Module) -> None:
@@ -310,22 +311,16 @@ def average_gradients(module: torch.nn.Module) -> None:
     import torch.distributed as dist
 
     params = [p for p in module.parameters() if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
     world = dist.get_world_size()
-    with torch.no_grad():
-        for idx in _flat_groups(grads):
-            flat = torch.cat([grads[i].reshape(-1) for i in idx])
-            dist.all_reduce(flat)
-            flat.div_(world)
-            offset = 0
-            for i in idx:
-                n = params[i].numel()
-                mean = flat[offset:offset + n].view_as(params[i])
-                if params[i].grad is None:
-                    params[i].grad = mean.clone()
-                else:
-                    params[i].grad.copy_(mean)
-                offset += n
+
+    def mean(flat: torch.Tensor) -> None:
+        dist.all_reduce(flat)
+        flat.div_(world)
+
+    _flat_collective([p.grad for p in params], mean)
 
 
 def broadcast_object(obj: T, src: int = 0) -> T:

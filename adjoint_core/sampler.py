@@ -490,8 +490,7 @@ class AdjointSampler:
         Distributed: this rank draws its share ``b_r`` of ``train_batch_size`` from its buffer
         shard and back-propagates ``loss · b_r·W/B``; the average of those gradients over the
         ranks (:func:`~adjoint_core.distributed.average_gradients`) is the gradient of the mean
-        loss over the global batch. Returns this rank's unweighted
-        loss.
+        loss over the global batch. Returns this rank's unweighted loss.
         """
         b = self._share(self.settings.train_batch_size)
         batch = self.buffer.sample(b, self.generator, probs=self.buffer_probabilities())
