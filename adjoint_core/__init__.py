@@ -1,26 +1,36 @@
 """adjoint-core: Adjoint Sampling of Boltzmann densities, a minimal core plus plugins.
 
 The core defines five interfaces (:class:`Energy`, :class:`StateSpace`,
-:class:`NoiseSchedule`, :class:`Model`, :class:`Buffer`) and the generic training loop
-:class:`AdjointSampler` that composes them. Concrete energies and equivariant networks come
+:class:`NoiseSchedule`, :class:`Model`, :class:`Buffer`), the :class:`Target` that groups them
+into a problem, and one training loop, :class:`Trainer`, for every algorithm: Adjoint Sampling
+(:class:`AdjointSampler`), ASBS and iDEM are :class:`Objective` s registered by name. Concrete energies and equivariant networks come
 from plugins registered under the ``adjoint_core`` entry-point group.
 """
 
-from .asbs import ASBSSettings, SchrodingerBridgeSampler
-from .buffer import Buffer, ReplayBuffer
-from .energy import Energy
-from .gaussian import GaussianEnergy
-from .hookspecs import hookimpl
-from .idem import IDEMSampler, IDEMSettings
-from .mcmc import MCMCResult, MCMCSettings, run_mcmc
-from .models import MLP, Model
-from .periodic import PeriodicMLP, radial_distribution
-from .registry import ConfigError, Registry, default_registry
-from .sampler import AdjointSampler, TrainSettings
-from .schedules import GeometricSchedule, LinearSchedule, NoiseSchedule
-from .spaces import EuclideanSpace, PeriodicSpace, StateSpace
-from .torsional import TorsionalSpace
-from .von_mises import VonMisesEnergy
+from adjoint_core.mcmc.samplers import MCMCResult, MCMCSettings, run_mcmc
+from adjoint_core.plugins.hookspecs import hookimpl
+from adjoint_core.plugins.registry import ConfigError, Registry, default_registry
+from adjoint_core.problem.buffer import Buffer, ReplayBuffer
+from adjoint_core.problem.energy import Energy
+from adjoint_core.problem.gaussian import GaussianEnergy
+from adjoint_core.problem.models import MLP, Model
+from adjoint_core.problem.periodic import PeriodicMLP, radial_distribution
+from adjoint_core.problem.schedules import GeometricSchedule, LinearSchedule, NoiseSchedule
+from adjoint_core.problem.spaces import EuclideanSpace, PeriodicSpace, StateSpace
+from adjoint_core.problem.target import Target
+from adjoint_core.problem.torsional import TorsionalSpace
+from adjoint_core.problem.von_mises import VonMisesEnergy
+from adjoint_core.training.objectives.adjoint_sampling import AdjointSampling
+from adjoint_core.training.objectives.asbs import (
+    ASBSSettings,
+    SchrodingerBridge,
+    SchrodingerBridgeSampler,
+)
+from adjoint_core.training.objectives.base import Capabilities, Objective
+from adjoint_core.training.objectives.bridge import BridgeMatching
+from adjoint_core.training.objectives.idem import IDEM, IDEMSampler, IDEMSettings
+from adjoint_core.training.parallel import DataParallel, SingleProcess
+from adjoint_core.training.trainer import AdjointSampler, Trainer, TrainSettings
 
 __version__ = "0.1.0"
 
@@ -28,8 +38,18 @@ __all__ = [
     "Energy",
     "GaussianEnergy",
     "VonMisesEnergy",
+    "Trainer",
     "AdjointSampler",
     "TrainSettings",
+    "Target",
+    "Objective",
+    "Capabilities",
+    "AdjointSampling",
+    "SchrodingerBridge",
+    "IDEM",
+    "BridgeMatching",
+    "SingleProcess",
+    "DataParallel",
     "StateSpace",
     "EuclideanSpace",
     "PeriodicSpace",

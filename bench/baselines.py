@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from adjoint_core.config import load_config
-from adjoint_core.mcmc import run_mcmc
-from adjoint_core.mcmc_run import load_mcmc_config, run_mcmc_config
-from adjoint_core.registry import default_registry
-from adjoint_core.run import evaluate_samples, load_reference, load_run, train_run
+from adjoint_core.app.config import load_config
+from adjoint_core.app.run import evaluate_samples, load_reference, load_run, train_run
+from adjoint_core.mcmc.run import load_mcmc_config, run_mcmc_config
+from adjoint_core.mcmc.samplers import run_mcmc
+from adjoint_core.plugins.registry import default_registry
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("as", "idem", "mcmc_matched", "mcmc_reference")

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adjoint_core import metrics
-from adjoint_core.config import load_config
-from adjoint_core.importance import importance_resample
-from adjoint_core.run import _reference_for, evaluate_samples, load_run, train_run
+from adjoint_core.evaluation import metrics
+from adjoint_core.app.config import load_config
+from adjoint_core.app.run import _reference_for, evaluate_samples, load_run, train_run
+from adjoint_core.evaluation.importance import importance_resample
 
 ROOT = Path(__file__).resolve().parents[1]
 

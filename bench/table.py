@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from adjoint_core.config import read_config_file
+from adjoint_core.app.config import read_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def main() -> None:
                 pub, evals, grads, walls,
             ]) + " |")
         rs = r.get("metrics_resampled")
-        if rs:  # importance-resampled samples of the same run (adjoint_core.importance)
+        if rs:  # importance-resampled samples of the same run (adjoint_core.evaluation.importance)
             rows.append("| " + " | ".join([
                 r["system"], f"{budget} + importance resampling ×{rs['oversample']}",
                 epochs, steps,

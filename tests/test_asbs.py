@@ -1,4 +1,4 @@
-"""ASBS (adjoint_core.asbs): the source bridge against its closed form, corrector matching
+"""ASBS (adjoint_core.training.asbs): the source bridge against its closed form, corrector matching
 against the exact base-marginal score, the whole loop on a Gaussian target, persistence and
 the config path.
 
@@ -22,12 +22,12 @@ from adjoint_core import (
     PeriodicSpace,
     SchrodingerBridgeSampler,
 )
-from adjoint_core.asbs import corrector_target, source_bridge_sample
-from adjoint_core.config import load_config
-from adjoint_core.gaussian import gaussian
-from adjoint_core.metrics import path_ess
-from adjoint_core.registry import ConfigError
-from adjoint_core.run import build_sampler, load_run, train_run
+from adjoint_core.app.config import load_config
+from adjoint_core.app.run import build_trainer, load_run, train_run
+from adjoint_core.evaluation.metrics import path_ess
+from adjoint_core.plugins.registry import ConfigError
+from adjoint_core.problem.gaussian import gaussian
+from adjoint_core.training.asbs import corrector_target, source_bridge_sample
 
 SETTINGS = dict(n_epochs=90, samples_per_epoch=256, grad_steps_per_epoch=100,
                 train_batch_size=256, n_sde_steps=60, lr=2e-3, max_grad_norm=None)
@@ -165,9 +165,9 @@ def test_config_run_resume_and_reload(tmp_path):
     assert isinstance(s, SchrodingerBridgeSampler) and s.counters["epoch"] == 7
     assert len(s.corrector_buffer) == 2 * 128
     # resuming continues exactly: 4 epochs + reload + 3 epochs == 7 epochs in one go
-    a = build_sampler(cfg)
+    a = build_trainer(cfg)
     a.fit(n_epochs=4)
-    b = build_sampler(cfg)
+    b = build_trainer(cfg)
     b.load_state_dict(copy.deepcopy(a.state_dict()))  # as saved to and read from disk
     b.fit(n_epochs=3)
     a.fit(n_epochs=3)
@@ -178,7 +178,7 @@ def test_config_run_resume_and_reload(tmp_path):
 
 
 def test_refuses_other_algorithms_and_bad_configs():
-    s = build_sampler(load_config(_cfg()))
+    s = build_trainer(load_config(_cfg()))
     state = s.state_dict()
     state["algorithm"] = "adjoint"
     with pytest.raises(ValueError, match="algorithm"):
@@ -189,7 +189,7 @@ def test_refuses_other_algorithms_and_bad_configs():
     periodic = {**_cfg(), "space": {"name": "periodic", "dim": 2, "box": 3.0},
                 "model": {"name": "mlp_periodic"}}
     with pytest.raises(ConfigError, match="Euclidean"):
-        build_sampler(load_config(periodic))
+        build_trainer(load_config(periodic))
 
 
 def test_asbs_section_needs_the_asbs_algorithm():

@@ -5,8 +5,8 @@ import argparse
 import pytest
 
 from adjoint_core import hookimpl
-from adjoint_core import registry as registry_mod
-from adjoint_core.cli import main
+from adjoint_core.plugins import registry as registry_mod
+from adjoint_core.app.cli import main
 
 
 class _HelloPlugin:
@@ -27,7 +27,7 @@ class _BrokenPlugin:
 def registry(monkeypatch):
     reg = registry_mod.Registry(load_entry_points=True)
     monkeypatch.setattr(registry_mod, "_DEFAULT", reg, raising=False)
-    monkeypatch.setattr("adjoint_core.cli.default_registry", lambda refresh=False: reg)
+    monkeypatch.setattr("adjoint_core.app.cli.default_registry", lambda refresh=False: reg)
     return reg
 
 

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from adjoint_core import ConfigError
-from adjoint_core.cli import main
-from adjoint_core.config import build_components, load_config
+from adjoint_core.app.cli import main
+from adjoint_core.app.config import build_components, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DW4_REF = REPO.parent / "shared" / "data" / "particles" / "dw4_val.npy"
@@ -71,7 +71,7 @@ def test_unknown_top_level_key_and_bad_yaml(tmp_path):
 
 
 def test_config_base_inheritance(tmp_path):
-    from adjoint_core.config import merge_config
+    from adjoint_core.app.config import merge_config
 
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "base.yaml").write_text(yaml.safe_dump(TINY))
@@ -189,7 +189,7 @@ def test_train_sample_evaluate_and_resume(tmp_path, capsys):
 
 
 def test_console_script_help():
-    out = subprocess.run([sys.executable, "-m", "adjoint_core.cli", "--help"],
+    out = subprocess.run([sys.executable, "-m", "adjoint_core.app.cli", "--help"],
                          capture_output=True, text=True, check=True).stdout
     for cmd in ("train", "sample", "evaluate", "plugins"):
         assert cmd in out

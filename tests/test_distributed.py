@@ -19,9 +19,9 @@ import torch
 import yaml
 
 from adjoint_core import ConfigError
-from adjoint_core import distributed as D
-from adjoint_core.checkpoint import load_checkpoint
-from adjoint_core.cli import main
+from adjoint_core.training import distributed as D
+from adjoint_core.app.checkpoint import load_checkpoint
+from adjoint_core.app.cli import main
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -103,7 +103,7 @@ def test_launch_detection_and_device():
 
 def test_distributed_sampler_needs_a_process_group():
     from adjoint_core import AdjointSampler, EuclideanSpace, GaussianEnergy, GeometricSchedule
-    from adjoint_core.models import MLP
+    from adjoint_core.problem.models import MLP
 
     with pytest.raises(RuntimeError, match="initialised torch.distributed process group"):
         AdjointSampler(GaussianEnergy(torch.zeros(2), torch.eye(2)), EuclideanSpace(dim=2),
@@ -113,8 +113,8 @@ def test_distributed_sampler_needs_a_process_group():
 
 def _tiny_sampler(seed: int = 0):
     from adjoint_core import AdjointSampler, EuclideanSpace, GaussianEnergy, GeometricSchedule
-    from adjoint_core.buffer import ReplayBuffer
-    from adjoint_core.models import MLP
+    from adjoint_core.problem.buffer import ReplayBuffer
+    from adjoint_core.problem.models import MLP
 
     s = AdjointSampler(GaussianEnergy(torch.zeros(2), torch.eye(2)), EuclideanSpace(dim=2),
                        GeometricSchedule(), MLP(2, hidden=4, n_layers=1, time_dim=2),
@@ -213,7 +213,7 @@ def test_cli_two_processes_dw4(tmp_path):
     cfg = tmp_path / "dw4.yaml"
     cfg.write_text(yaml.safe_dump(DW4))
     run = tmp_path / "dist"
-    proc = _torchrun("-m", "adjoint_core.cli", "train", str(cfg), "--out", str(run),
+    proc = _torchrun("-m", "adjoint_core.app.cli", "train", str(cfg), "--out", str(run),
                      "--no-progress", env=_env())
     assert proc.stdout.count('"run_dir"') == 1  # only rank 0 prints the summary
     for f in ("config.yaml", "checkpoints/latest.pt", "metrics.json", "plots/loss.png"):
@@ -263,8 +263,8 @@ def _global_batch_gradient(ctx: D.DistContext) -> dict:
     import torch.distributed as dist
 
     from adjoint_core import AdjointSampler, EuclideanSpace, GaussianEnergy, GeometricSchedule
-    from adjoint_core.buffer import ReplayBuffer
-    from adjoint_core.models import MLP
+    from adjoint_core.problem.buffer import ReplayBuffer
+    from adjoint_core.problem.models import MLP
 
     torch.manual_seed(0)
     model = MLP(3, hidden=8, n_layers=2, time_dim=4)
@@ -319,8 +319,8 @@ def _module_collectives(ctx: D.DistContext) -> dict:
 
 def _train_run_resume(ctx: D.DistContext, out: Path) -> dict:
     """``train_run`` straight for 3 epochs vs 2 epochs then resumed to 3 (both 2 processes)."""
-    from adjoint_core.config import load_config
-    from adjoint_core.run import train_run
+    from adjoint_core.app.config import load_config
+    from adjoint_core.app.run import train_run
 
     def cfg(n_epochs: int):
         return load_config({**GAUSS, "train": {**GAUSS["train"], "n_epochs": n_epochs},
@@ -408,16 +408,16 @@ def test_process_group_released_after_train(tmp_path):
 
 def test_two_process_warm_start(tmp_path):
     """``init_from`` under torchrun: both ranks load the source network and stay in sync."""
-    from adjoint_core.checkpoint import load_checkpoint
-    from adjoint_core.config import load_config
-    from adjoint_core.run import train_run
+    from adjoint_core.app.checkpoint import load_checkpoint
+    from adjoint_core.app.config import load_config
+    from adjoint_core.app.run import train_run
 
     train_run(load_config(GAUSS), tmp_path / "source", progress=False, log=lambda *a: None)
     cfg = json.loads(json.dumps(GAUSS))
     cfg["train"].update(n_epochs=1, n_sde_steps=7, lr=1e-9)
     cfg["init_from"] = str(tmp_path / "source")
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
-    _torchrun("-m", "adjoint_core.cli", "train", str(tmp_path / "ft.yaml"), "--out",
+    _torchrun("-m", "adjoint_core.app.cli", "train", str(tmp_path / "ft.yaml"), "--out",
               str(tmp_path / "ft"), "--no-progress", env=_env())
     rec = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert rec["distributed"]["world_size"] == 2 and rec["distributed"]["parameters_in_sync"]

@@ -3,8 +3,8 @@
 import torch
 
 from adjoint_core import AdjointSampler, EuclideanSpace, GeometricSchedule
-from adjoint_core.gaussian import GaussianEnergy
-from adjoint_core.models import MLP
+from adjoint_core.problem.gaussian import GaussianEnergy
+from adjoint_core.problem.models import MLP
 
 
 def _sampler(ema_decay, seed=0):

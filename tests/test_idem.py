@@ -1,4 +1,4 @@
-"""iDEM (adjoint_core.idem): the MC score estimator against the exact noised Gaussian score,
+"""iDEM (adjoint_core.training.idem): the MC score estimator against the exact noised Gaussian score,
 and a small end-to-end run through the config/train machinery.
 
 Stated tolerances: with K = 4000 the estimator is within 0.08·(1 + |score|) of the closed form
@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from adjoint_core import EuclideanSpace, GeometricSchedule
-from adjoint_core.config import load_config
-from adjoint_core.gaussian import gaussian
-from adjoint_core.idem import IDEMSampler, estimate_noised_score, noise_std
-from adjoint_core.run import build_sampler, train_run
+from adjoint_core.app.config import load_config
+from adjoint_core.app.run import build_trainer, train_run
+from adjoint_core.problem.gaussian import gaussian
+from adjoint_core.training.idem import IDEMSampler, estimate_noised_score, noise_std
 
 
 def _exact_score(energy, x, std):
@@ -91,8 +91,8 @@ def test_idem_learns_a_gaussian_end_to_end(tmp_path):
     # energy evaluations: K per regression point, plus the energies of buffered samples
     assert c["energy_evals"] == 8 * 40 * 128 * 64 + 512 + 8 * 256
     assert c["grad_steps"] == 8 * 40
-    from adjoint_core import metrics
-    from adjoint_core.run import load_run
+    from adjoint_core.evaluation import metrics
+    from adjoint_core.app.run import load_run
 
     s = load_run(tmp_path / "run")
     assert isinstance(s, IDEMSampler) and s.counters["epoch"] == 8
@@ -106,7 +106,7 @@ def test_idem_learns_a_gaussian_end_to_end(tmp_path):
 
 def test_idem_refuses_adjoint_checkpoint():
     cfg = load_config(_cfg())
-    s = build_sampler(cfg)
+    s = build_trainer(cfg)
     state = s.state_dict()
     state.pop("algorithm")
     with pytest.raises(ValueError, match="algorithm"):

@@ -1,4 +1,4 @@
-"""Importance resampling with path weights (adjoint_core.importance)."""
+"""Importance resampling with path weights (adjoint_core.evaluation.importance)."""
 
 import math
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from adjoint_core import MLP, AdjointSampler, EuclideanSpace, GeometricSchedule
-from adjoint_core.gaussian import gaussian
-from adjoint_core.importance import importance_resample, systematic_resample
+from adjoint_core.evaluation.importance import importance_resample, systematic_resample
+from adjoint_core.problem.gaussian import gaussian
 
 
 def test_systematic_resample_counts_are_floor_or_ceil():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adjoint_core import MLP, AdjointSampler, EuclideanSpace, GeometricSchedule, ReplayBuffer
-from adjoint_core.gaussian import gaussian
+from adjoint_core.problem.gaussian import gaussian
 
 SETTINGS = dict(n_epochs=60, samples_per_epoch=256, grad_steps_per_epoch=100,
                 train_batch_size=256, n_sde_steps=60, lr=2e-3, max_grad_norm=None)
@@ -88,8 +88,8 @@ def test_path_weights_of_the_exact_control_are_uniform():
     a = 1/s² - 1/H and α(t)² = H - h(t)². Discretisation error is the only source of weight
     variance, so the ESS must be close to 1, and far below 1 for the zero control.
     """
-    from adjoint_core.metrics import path_ess
-    from adjoint_core.sde import simulate
+    from adjoint_core.evaluation.metrics import path_ess
+    from adjoint_core.training.sde import simulate
 
     s2, sched = 0.5, GeometricSchedule(0.01, 2.0)
     a = 1 / s2 - 1 / sched.h1_squared

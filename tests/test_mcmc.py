@@ -1,4 +1,4 @@
-"""MALA / random-walk Metropolis (adjoint_core.mcmc) against exact moments.
+"""MALA / random-walk Metropolis (adjoint_core.mcmc.samplers) against exact moments.
 
 Stated tolerances: Gaussian mean within 0.05 and covariance entries within 0.06 of the exact
 values; von Mises circular means within 0.02·L and mean resultant lengths within 0.02 of
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from adjoint_core import Energy, EuclideanSpace, PeriodicSpace, run_mcmc
-from adjoint_core.gaussian import gaussian
-from adjoint_core.mcmc import default_initial_states
-from adjoint_core.von_mises import circular_moments, von_mises
+from adjoint_core.mcmc.samplers import default_initial_states
+from adjoint_core.problem.gaussian import gaussian
+from adjoint_core.problem.von_mises import circular_moments, von_mises
 
 
 def test_mala_gaussian_moments_and_counters():
@@ -127,7 +127,7 @@ def test_default_initial_states():
 
 
 def test_non_overlapping_states_keep_every_pair_apart():
-    from adjoint_core.mcmc import non_overlapping_states
+    from adjoint_core.mcmc.samplers import non_overlapping_states
 
     g = torch.Generator().manual_seed(0)
     sp = PeriodicSpace(box=[3.0, 4.0], n_particles=8, spatial_dim=2)
@@ -156,7 +156,7 @@ def test_non_overlapping_states_keep_every_pair_apart():
 
 
 def test_run_mcmc_from_non_overlapping_starts():
-    from adjoint_core.mcmc import MCMCSettings
+    from adjoint_core.mcmc.samplers import MCMCSettings
 
     assert MCMCSettings(min_distance=0.9).min_distance == 0.9
     with pytest.raises(ValueError):

@@ -1,4 +1,4 @@
-"""Parallel tempering, convergence diagnostics and counters of adjoint_core.mcmc.
+"""Parallel tempering, convergence diagnostics and counters of adjoint_core.mcmc.samplers.
 
 Stated tolerances: the left-well mass of an asymmetric 1-D double well within 0.04 of
 quadrature (tempered) while untempered chains started in the right well stay there (< 0.05);
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from adjoint_core import Energy, EuclideanSpace, run_mcmc
-from adjoint_core.gaussian import gaussian
-from adjoint_core.mcmc import MCMCSettings, _split_rhat, integrated_autocorr_time
+from adjoint_core.mcmc.samplers import MCMCSettings, _split_rhat, integrated_autocorr_time
+from adjoint_core.problem.gaussian import gaussian
 
 
 class _DoubleWell(Energy):
@@ -132,7 +132,7 @@ def test_hmc_gaussian_moments_and_counting(mean_free):
 
 
 def test_relax_moves_downhill_and_is_counted():
-    from adjoint_core.mcmc import relax
+    from adjoint_core.mcmc.samplers import relax
 
     energy = gaussian(n_particles=4, spatial_dim=3, std=[0.5, 0.5, 0.5])
     space = EuclideanSpace(4, 3, mean_free=True)
@@ -153,7 +153,7 @@ def test_mcmc_cli_writes_samples_and_report(tmp_path):
     import numpy as np
     import yaml
 
-    from adjoint_core.cli import main
+    from adjoint_core.app.cli import main
 
     cfg = {"seed": 1, "energy": {"name": "gaussian", "mean": [1.0, 0.0]},
            "space": {"name": "euclidean", "dim": 2},

@@ -1,4 +1,4 @@
-"""Known-answer tests for adjoint_core.metrics (fast: small sample sizes)."""
+"""Known-answer tests for adjoint_core.evaluation.metrics (fast: small sample sizes)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial.transform import Rotation
 from scipy.stats import special_ortho_group
 
-from adjoint_core import metrics as M
+from adjoint_core.evaluation import metrics as M
 
 
 # --------------------------------------------------------------------------- helpers

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adjoint_core import MLP, AdjointSampler, Energy, EuclideanSpace, GeometricSchedule
-from adjoint_core.sampler import NonFiniteEnergyError
+from adjoint_core.training.trainer import NonFiniteEnergyError
 
 
 class SometimesNaN(Energy):

@@ -98,16 +98,16 @@ def test_installed_in_temporary_venv_and_used_by_name(tmp_path):
                  cwd=tmp_path).stdout.strip()
     assert Path(where).resolve().is_relative_to(venv.resolve()), where
 
-    listing = json.loads(_run([py, "-m", "adjoint_core.cli", "plugins", "--json"],
+    listing = json.loads(_run([py, "-m", "adjoint_core.app.cli", "plugins", "--json"],
                               cwd=tmp_path).stdout)
     rows = {(r["kind"], r["name"]): r for r in listing["components"]}
     assert rows[("energy", "harmonic_ring")]["distribution"] == DIST
     assert rows[("energy", "harmonic_ring")]["plugin"] == "example_energy"
-    text = _run([py, "-m", "adjoint_core.cli", "plugins"], cwd=tmp_path).stdout
+    text = _run([py, "-m", "adjoint_core.app.cli", "plugins"], cwd=tmp_path).stdout
     assert "harmonic_ring" in text and DIST in text
 
     # train with only this plugin loaded (ADJOINT_CORE_PLUGINS; the core always loads)
-    _run([py, "-m", "adjoint_core.cli", "train", EXAMPLE / "harmonic_ring.yaml", "--out",
+    _run([py, "-m", "adjoint_core.app.cli", "train", EXAMPLE / "harmonic_ring.yaml", "--out",
           tmp_path / "run", "--no-progress"], cwd=tmp_path,
          env_extra={"ADJOINT_CORE_PLUGINS": "example_energy"})
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

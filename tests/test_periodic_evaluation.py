@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from adjoint_core import EuclideanSpace, PeriodicSpace, metrics
-from adjoint_core.models import MLP
-from adjoint_core.plotting import plot_pair_distances
-from adjoint_core.run import evaluate_samples
+from adjoint_core.app.run import evaluate_samples
+from adjoint_core.evaluation.plotting import plot_pair_distances
+from adjoint_core.problem.models import MLP
 
 
 class _PairEnergy:

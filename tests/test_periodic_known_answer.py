@@ -21,9 +21,9 @@ import pytest
 import torch
 
 from adjoint_core import AdjointSampler, GeometricSchedule, PeriodicSpace, ReplayBuffer
-from adjoint_core.periodic import PeriodicMLP, mlp_periodic
-from adjoint_core.registry import Registry
-from adjoint_core.von_mises import VonMisesEnergy, circular_moments, von_mises
+from adjoint_core.plugins.registry import Registry
+from adjoint_core.problem.periodic import PeriodicMLP, mlp_periodic
+from adjoint_core.problem.von_mises import VonMisesEnergy, circular_moments, von_mises
 
 DT = torch.float64
 
@@ -80,7 +80,7 @@ def test_periodic_mlp_is_periodic_and_checks_the_space():
 
     with pytest.raises(ValueError, match="PeriodicSpace"):
         model.check_space(EuclideanSpace(3, 2))
-    from adjoint_core import builtins
+    from adjoint_core.plugins import builtins
 
     reg = Registry(load_entry_points=False)
     reg.add_plugin(builtins, name="core")

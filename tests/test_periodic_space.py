@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from adjoint_core import GeometricSchedule, LinearSchedule, PeriodicSpace, torus
-from adjoint_core.registry import ConfigError, Registry
-from adjoint_core.sde import simulate
+from adjoint_core.plugins.registry import ConfigError, Registry
+from adjoint_core.training.sde import simulate
 
 DT = torch.float64
 
@@ -89,7 +89,7 @@ def test_space_basics_and_config():
 
 
 def test_registry_builds_periodic_space():
-    from adjoint_core import builtins
+    from adjoint_core.plugins import builtins
 
     reg = Registry(load_entry_points=False)
     reg.add_plugin(builtins, name="core")
@@ -185,7 +185,7 @@ def test_periodic_features_are_periodic():
 
 
 def test_radial_distribution_uniform_and_hand_values():
-    from adjoint_core.periodic import radial_distribution
+    from adjoint_core.problem.periodic import radial_distribution
 
     g = torch.Generator().manual_seed(5)
     for d, box in [(2, [3.0, 4.0]), (3, 2.5)]:

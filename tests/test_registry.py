@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from adjoint_core import ConfigError, Energy, Registry, hookimpl
-from adjoint_core.config import build_components, load_config
-from adjoint_core.sampler import AdjointSampler
+from adjoint_core.app.config import build_components, load_config
+from adjoint_core.training.trainer import AdjointSampler
 
 
 class ShiftedQuadratic(Energy):
@@ -108,7 +108,7 @@ def fake_plugins(tmp_path, monkeypatch):
                "raise ImportError('needs a library that is not installed')\n")
     _make_dist(tmp_path, "good-plugin", "good_ac_plugin", """
         from adjoint_core import hookimpl
-        from adjoint_core.gaussian import gaussian
+        from adjoint_core.problem.gaussian import gaussian
 
         @hookimpl
         def register_energies():
@@ -132,7 +132,7 @@ def test_failing_plugin_is_reported_and_others_load(fake_plugins):
 
 def test_plugins_command_lists_components_and_failures(fake_plugins):
     env = {**os.environ, "PYTHONPATH": str(fake_plugins)}
-    out = subprocess.run([sys.executable, "-m", "adjoint_core.cli", "plugins"], env=env,
+    out = subprocess.run([sys.executable, "-m", "adjoint_core.app.cli", "plugins"], env=env,
                          capture_output=True, text=True, check=True).stdout
     assert "FAILED plugin 'broken_ac_plugin' from broken-plugin" in out
     lines = {tuple(line.split()[:3]) for line in out.splitlines()}

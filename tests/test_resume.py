@@ -10,7 +10,7 @@ import time
 import torch
 import yaml
 
-from adjoint_core.checkpoint import load_checkpoint
+from adjoint_core.app.checkpoint import load_checkpoint
 
 CFG = {
     "seed": 7,
@@ -26,7 +26,7 @@ CFG = {
 
 
 def _cmd(cfg, out):
-    return [sys.executable, "-m", "adjoint_core.cli", "train", str(cfg), "--out", str(out),
+    return [sys.executable, "-m", "adjoint_core.app.cli", "train", str(cfg), "--out", str(out),
             "--no-progress"]
 
 
@@ -82,7 +82,7 @@ def test_sigkill_and_resume_is_bit_for_bit(tmp_path):
 def test_checkpoint_is_weights_only_and_rejects_other_config(tmp_path):
     import pytest
 
-    from adjoint_core.checkpoint import CheckpointError, save_checkpoint
+    from adjoint_core.app.checkpoint import CheckpointError, save_checkpoint
 
     path = save_checkpoint(tmp_path / "c.pt", {"x": torch.ones(2)}, {"model": {"name": "a"}})
     torch.load(path, weights_only=True)  # loads without unpickling code

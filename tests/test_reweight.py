@@ -18,7 +18,7 @@ from adjoint_core import (
     IDEMSampler,
     ReplayBuffer,
 )
-from adjoint_core.gaussian import gaussian
+from adjoint_core.problem.gaussian import gaussian
 
 
 def _sampler(reweight=True, capacity=4096, seed=0, **kw):

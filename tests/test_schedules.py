@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adjoint_core import EuclideanSpace, GeometricSchedule, LinearSchedule
-from adjoint_core.schedules import NoiseSchedule
+from adjoint_core.problem.schedules import NoiseSchedule
 
 SCHEDULES = [GeometricSchedule(1e-3, 1.0), GeometricSchedule(0.01, 3.0), LinearSchedule(1.5)]
 

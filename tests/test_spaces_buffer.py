@@ -88,7 +88,7 @@ def test_buffer_errors():
 
 
 def test_external_energy_backpropagates_the_supplied_gradient():
-    from adjoint_core.energy import external_energy
+    from adjoint_core.problem.energy import external_energy
 
     calls = []
 

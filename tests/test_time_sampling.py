@@ -13,9 +13,9 @@ from adjoint_core import (
     ReplayBuffer,
     SchrodingerBridgeSampler,
 )
-from adjoint_core.gaussian import gaussian
-from adjoint_core.idem import IDEMSampler
-from adjoint_core.sampler import TrainSettings
+from adjoint_core.problem.gaussian import gaussian
+from adjoint_core.training.idem import IDEMSampler
+from adjoint_core.training.trainer import TrainSettings
 
 
 def _sampler(rho, seed=0, **settings):

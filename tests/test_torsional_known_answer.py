@@ -20,9 +20,9 @@ import math
 import torch
 
 from adjoint_core import AdjointSampler, ReplayBuffer, TorsionalSpace
-from adjoint_core.periodic import PeriodicMLP
-from adjoint_core.torsional import TWO_PI, angle_difference, torsional_schedule
-from adjoint_core.von_mises import circular_moments, von_mises
+from adjoint_core.problem.periodic import PeriodicMLP
+from adjoint_core.problem.torsional import TWO_PI, angle_difference, torsional_schedule
+from adjoint_core.problem.von_mises import circular_moments, von_mises
 
 DT = torch.float64
 

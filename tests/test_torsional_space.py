@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from adjoint_core import GeometricSchedule, PeriodicSpace, TorsionalSpace
-from adjoint_core.periodic import mlp_periodic
-from adjoint_core.registry import Registry
-from adjoint_core.torsional import TWO_PI, angle_difference, torsional_schedule
-from adjoint_core.torus import wrapped_normal_log_prob
-from adjoint_core.von_mises import von_mises
+from adjoint_core.plugins.registry import Registry
+from adjoint_core.problem.periodic import mlp_periodic
+from adjoint_core.problem.torsional import TWO_PI, angle_difference, torsional_schedule
+from adjoint_core.problem.torus import wrapped_normal_log_prob
+from adjoint_core.problem.von_mises import von_mises
 
 DT = torch.float64
 PI = math.pi
@@ -67,7 +67,7 @@ def test_space_is_a_2pi_periodic_space_and_validates():
 
 
 def test_registry_builds_the_torsional_space():
-    from adjoint_core import builtins
+    from adjoint_core.plugins import builtins
 
     reg = Registry(load_entry_points=False)
     reg.add_plugin(builtins, name="core")

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from adjoint_core import ConfigError
-from adjoint_core.checkpoint import CheckpointError, load_checkpoint
-from adjoint_core.config import load_config
-from adjoint_core.run import train_run
+from adjoint_core.app.checkpoint import CheckpointError, load_checkpoint
+from adjoint_core.app.config import load_config
+from adjoint_core.app.run import train_run
 
 # A flat Gaussian target with the core's MLP: no plugin needed, seconds per run.
 SOURCE = {

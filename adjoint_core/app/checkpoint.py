@@ -23,7 +23,7 @@ __all__ = [
     "CheckpointError",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class CheckpointError(RuntimeError):
@@ -69,7 +69,7 @@ def save_checkpoint(path: str | Path, state: dict, config: dict | None = None) -
 
 
 #: The config sections a checkpoint's state depends on (a resumed run must match all of them).
-COMPONENT_SECTIONS = ("energy", "space", "schedule", "model", "buffer")
+COMPONENT_SECTIONS = ("energy", "space", "problem", "schedule", "model", "buffer")
 
 
 def load_checkpoint(path: str | Path, expected_config: dict | None = None,

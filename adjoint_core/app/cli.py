@@ -9,7 +9,7 @@ Commands::
     adjoint-core plugins
 
 ``train`` also runs data-parallel under ``torchrun --nproc-per-node N adjoint-core train …``
-(or ``python -m torch.distributed.run … -m adjoint_core.cli train …``): rank 0 alone prints,
+(or ``python -m torch.distributed.run … -m adjoint_core.app.cli train …``): rank 0 alone prints,
 shows the progress bar and writes the run directory (see ``docs/scaling.md``).
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError
-from .registry import ConfigError, default_registry
+from adjoint_core.app.checkpoint import CheckpointError
+from adjoint_core.plugins.registry import ConfigError, default_registry
 
 __all__ = ["main"]
 
@@ -47,7 +47,7 @@ def _rank() -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """``adjoint-core train`` (data-parallel under ``torchrun``; only rank 0 prints)."""
-    from .run import train_run
+    from adjoint_core.app.run import train_run
 
     record = train_run(args.config, args.out, progress=not args.no_progress)
     if _rank() != 0:
@@ -67,13 +67,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     """``adjoint-core sample``."""
     from tqdm.auto import tqdm
 
-    from .run import load_run
+    from adjoint_core.app.run import load_run
 
     sampler = load_run(args.run_dir, device=args.device)
     gen = torch.Generator(device=sampler.device).manual_seed(args.seed)
     bs = args.batch_size or sampler.settings.sim_batch_size
     if args.resample:
-        from .importance import importance_resample
+        from adjoint_core.evaluation.importance import importance_resample
 
         if args.resample < 1:
             raise ConfigError(f"--resample must be an integer >= 1 (oversampling factor), got "
@@ -109,8 +109,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``adjoint-core evaluate``."""
-    from .run import evaluate_samples, load_reference
-    from .spaces import EuclideanSpace
+    from adjoint_core.app.run import evaluate_samples, load_reference
+    from adjoint_core.problem.spaces import EuclideanSpace
 
     params = {}
     for item in args.param or []:
@@ -136,8 +136,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_mcmc(args: argparse.Namespace) -> int:
-    """``adjoint-core mcmc`` (see :mod:`adjoint_core.mcmc_run`)."""
-    from .mcmc_run import run_mcmc_config
+    """``adjoint-core mcmc`` (see :mod:`adjoint_core.mcmc.run`)."""
+    from adjoint_core.mcmc.run import run_mcmc_config
 
     report = run_mcmc_config(args.config, args.out, progress=not args.no_progress)
     print(json.dumps({k: report[k] for k in ("samples", "shape", "diagnostics", "wall_time_s")}
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.add_argument("--resample", type=int, default=0, metavar="K",
                    help="simulate K x N paths and resample N by their path weights "
-                        "(costs K x N energy evaluations; see adjoint_core.importance)")
+                        "(costs K x N energy evaluations; see adjoint_core.evaluation.importance)")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("evaluate", help="energy W2 and geometric W2 of samples vs a reference")

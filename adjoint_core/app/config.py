@@ -26,11 +26,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .asbs import ASBSSettings
-from .idem import IDEMSettings
-from .mcmc import MCMCSettings
-from .registry import ConfigError, Registry, default_registry
-from .sampler import TrainSettings
+from adjoint_core.mcmc.samplers import MCMCSettings
+from adjoint_core.plugins.registry import ConfigError, Registry, default_registry
+from adjoint_core.problem.target import Problem, Target
+from adjoint_core.training.objectives.asbs import ASBSSettings
+from adjoint_core.training.objectives.idem import IDEMSettings
+from adjoint_core.training.trainer import TrainSettings
 
 __all__ = ["ComponentSpec", "EvalSettings", "RunConfig", "load_config", "validate_config",
            "build_components", "merge_config", "read_config_file"]
@@ -79,19 +80,25 @@ class RunConfig(BaseModel):
 
     seed: int = 0
     device: str = "cpu"
-    energy: ComponentSpec
-    space: ComponentSpec
+    #: One target: its energy and state space. Give these, or ``problem``.
+    energy: ComponentSpec | None = None
+    space: ComponentSpec | None = None
+    #: Several targets built by a registered problem (e.g. ``molecules`` of a SMILES file,
+    #: each with its own energy, space, model context and buffer): amortized training.
+    problem: ComponentSpec | None = None
     schedule: ComponentSpec = ComponentSpec(name="geometric")
     model: ComponentSpec
     buffer: ComponentSpec = ComponentSpec(name="fifo")
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
     checkpoint_every: int = Field(1, ge=1)
-    #: Training algorithm: Adjoint Sampling, the Adjoint Schrödinger Bridge Sampler
-    #: (:mod:`adjoint_core.asbs`, settings in ``asbs:``; the corrector is a second network
-    #: built from ``model:``) or iDEM (:mod:`adjoint_core.idem`, settings in ``idem:``).
-    #: Budgets stay in ``train:``.
-    algorithm: Literal["adjoint", "asbs", "idem"] = "adjoint"
+    #: Training algorithm (a registered objective, see ``adjoint-core plugins``): ``adjoint``
+    #: (Adjoint Sampling), ``asbs`` (the Adjoint Schrödinger Bridge Sampler,
+    #: :mod:`adjoint_core.training.objectives.asbs`; the corrector is a second network built
+    #: from ``model:``), ``idem`` (:mod:`adjoint_core.training.objectives.idem`) or a plugin's.
+    #: A name, or ``{name: ..., **params}``; the core's algorithms may instead take their
+    #: parameters from the ``asbs:`` / ``idem:`` sections. Budgets stay in ``train:``.
+    algorithm: str | ComponentSpec = "adjoint"
     asbs: ASBSSettings = ASBSSettings()
     idem: IDEMSettings = IDEMSettings()
     #: Settings of ``adjoint-core mcmc`` on this config's energy (unused by ``train``).
@@ -105,13 +112,37 @@ class RunConfig(BaseModel):
     #: reads the file.
     init_from: str | None = None
 
+    @property
+    def algorithm_name(self) -> str:
+        """The algorithm's registry name."""
+        return self.algorithm if isinstance(self.algorithm, str) else self.algorithm.name
+
+    def algorithm_params(self) -> dict[str, Any]:
+        """The algorithm's parameters (``algorithm:`` mapping, else its legacy section)."""
+        if isinstance(self.algorithm, ComponentSpec):
+            return self.algorithm.params
+        if self.algorithm in ("asbs", "idem"):
+            section = getattr(self, self.algorithm)
+            return section.model_dump(exclude_unset=True)
+        return {}
+
     @model_validator(mode="after")
     def _algorithm_sections(self) -> RunConfig:
+        name = self.algorithm_name
         for section in ("asbs", "idem"):
             default = type(getattr(self, section))()
-            if self.algorithm != section and getattr(self, section) != default:
+            if name != section and getattr(self, section) != default:
                 raise ValueError(f"an {section}: section only acts with algorithm: {section} "
-                                 f"(got algorithm: {self.algorithm})")
+                                 f"(got algorithm: {name})")
+            if name == section and isinstance(self.algorithm, ComponentSpec) and \
+                    getattr(self, section) != default:
+                raise ValueError(f"give the {section} parameters either in algorithm: or in "
+                                 f"the {section}: section, not both")
+        if self.problem is None and (self.energy is None or self.space is None):
+            raise ValueError("give energy: and space: (one target) or problem: (several)")
+        if self.problem is not None and (self.energy is not None or self.space is not None):
+            raise ValueError("problem: builds its own energies and spaces; remove energy: and "
+                             "space:")
         return self
 
 
@@ -210,29 +241,48 @@ def load_config(path: str | Path | dict) -> RunConfig:
 
 
 def build_components(cfg: RunConfig, registry: Registry | None = None) -> dict[str, Any]:
-    """Instantiate space, energy, schedule, model and buffer from a config.
+    """Instantiate the problem's targets, the schedule and the model from a config.
+
+    One target from ``energy:``, ``space:`` and ``buffer:``; or the targets of ``problem:``
+    (each with its own buffer of the ``buffer:`` section).
 
     Returns:
-        ``{"space", "energy", "schedule", "model", "buffer"}`` objects.
+        ``{"targets": [Target, ...], "problem": Problem, "schedule", "model"}``, plus
+        ``"space"``, ``"energy"`` and ``"buffer"`` of the first target.
 
     Raises:
         ConfigError: Unknown names (listing the registered ones) or bad parameters.
     """
     reg = registry or default_registry()
-    space = reg.build("space", cfg.space.name, cfg.space.params)
-    energy = reg.build("energy", cfg.energy.name, cfg.energy.params, space=space)
-    if tuple(energy.event_shape) != tuple(space.event_shape):
-        raise ConfigError(
-            f"energy {cfg.energy.name!r} has event shape {energy.event_shape} but space "
-            f"{cfg.space.name!r} has {space.event_shape}: check space.n_particles / "
-            f"space.spatial_dim (or space.dim) against the energy"
-        )
+
+    def make_buffer():
+        return reg.build("buffer", cfg.buffer.name, cfg.buffer.params)
+
+    if cfg.problem is not None:
+        problem = reg.build("problem", cfg.problem.name, cfg.problem.params,
+                            make_buffer=make_buffer)
+        if not isinstance(problem, Problem) or not problem.targets:
+            raise ConfigError(f"problem {cfg.problem.name!r} built no targets")
+        targets = problem.targets
+    else:
+        space = reg.build("space", cfg.space.name, cfg.space.params)
+        energy = reg.build("energy", cfg.energy.name, cfg.energy.params, space=space)
+        if tuple(energy.event_shape) != tuple(space.event_shape):
+            raise ConfigError(
+                f"energy {cfg.energy.name!r} has event shape {energy.event_shape} but space "
+                f"{cfg.space.name!r} has {space.event_shape}: check space.n_particles / "
+                f"space.spatial_dim (or space.dim) against the energy"
+            )
+        targets = [Target(energy, space, make_buffer())]
+        problem = Problem(targets)
+    first = targets[0]
     schedule = reg.build("schedule", cfg.schedule.name, cfg.schedule.params)
-    model = reg.build("model", cfg.model.name, cfg.model.params, space=space, energy=energy)
+    model = reg.build("model", cfg.model.name, cfg.model.params, space=first.space,
+                      energy=first.energy)
     try:
-        model.check_space(space)
+        for target in targets:
+            model.check_space(target.space)
     except ValueError as exc:
         raise ConfigError(f"model {cfg.model.name!r}: {exc}") from None
-    buffer = reg.build("buffer", cfg.buffer.name, cfg.buffer.params)
-    return {"space": space, "energy": energy, "schedule": schedule, "model": model,
-            "buffer": buffer}
+    return {"targets": targets, "problem": problem, "schedule": schedule, "model": model,
+            "space": first.space, "energy": first.energy, "buffer": first.buffer}

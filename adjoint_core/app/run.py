@@ -1,6 +1,6 @@
 """Config-driven runs: build, train (with checkpoints and evaluations) and reload samplers.
 
-A :class:`~adjoint_core.config.RunConfig` is trained into a run directory and reloaded from it
+A :class:`~adjoint_core.app.config.RunConfig` is trained into a run directory and reloaded from it
 for sampling.
 
 Run directory layout::
@@ -13,7 +13,7 @@ Run directory layout::
 Re-running ``train`` on an existing run directory resumes from ``latest.pt``.
 
 Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE > 1`` in the environment) :func:`train_run`
-initialises ``torch.distributed`` and trains data-parallel (:mod:`adjoint_core.distributed`);
+initialises ``torch.distributed`` and trains data-parallel (:mod:`adjoint_core.training.distributed`);
 only rank 0 reads and writes the run directory and logs. The checkpoint holds rank 0's full
 state plus the other ranks' buffer shards and generators, so it resumes with any number of
 processes, including a plain single-process ``train``.
@@ -30,63 +30,74 @@ import numpy as np
 import torch
 import yaml
 
-from . import distributed, metrics
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import RunConfig, build_components, load_config
-from .energy import Energy
-from .periodic import pair_distances, radial_distribution
-from .registry import ConfigError, Registry, default_registry
-from .sampler import AdjointSampler
-from .spaces import PeriodicSpace, StateSpace
+from adjoint_core.app.checkpoint import load_checkpoint, save_checkpoint
+from adjoint_core.app.config import RunConfig, build_components, load_config
+from adjoint_core.evaluation import metrics
+from adjoint_core.plugins.registry import ConfigError, Registry, default_registry
+from adjoint_core.problem.energy import Energy
+from adjoint_core.problem.periodic import pair_distances, radial_distribution
+from adjoint_core.problem.spaces import PeriodicSpace, StateSpace
+from adjoint_core.training import distributed
+from adjoint_core.training.objectives.base import Objective
+from adjoint_core.training.parallel import DataParallel
+from adjoint_core.training.trainer import Trainer
 
-__all__ = ["build_sampler", "train_run", "load_run", "evaluate_samples", "load_reference"]
+__all__ = ["build_trainer", "build_objective", "train_run", "load_run", "evaluate_samples", "load_reference"]
 
 
-def build_sampler(cfg: RunConfig, registry: Registry | None = None,
-                  dist_ctx: distributed.DistContext | None = None) -> AdjointSampler:
-    """Build an :class:`AdjointSampler` from a validated config (seeds the model init).
+def build_objective(cfg: RunConfig, registry: Registry | None = None,
+                    components: dict[str, Any] | None = None) -> Objective:
+    """The config's algorithm as an objective (its parameters validated by the registry).
+
+    Objectives that declare ``make_model`` get a function building another network of the
+    ``model:`` section (ASBS's corrector), called after the main network so the model
+    initialisation follows the global seed in a fixed order.
+    """
+    reg = registry or default_registry()
+    first = (components or {}).get("targets", [None])[0]
+
+    def make_model():
+        return reg.build("model", cfg.model.name, cfg.model.params,
+                         space=None if first is None else first.space,
+                         energy=None if first is None else first.energy)
+
+    return reg.build("objective", cfg.algorithm_name, cfg.algorithm_params(),
+                     make_model=make_model)
+
+
+def build_trainer(cfg: RunConfig, registry: Registry | None = None,
+                  dist_ctx: distributed.DistContext | None = None) -> Trainer:
+    """Build a :class:`~adjoint_core.training.trainer.Trainer` from a validated config.
+
+    Seeds the global torch generator with ``cfg.seed`` first (network initialisation).
 
     Args:
         cfg: The run config.
         registry: Component registry (default: the installed plugins).
-        dist_ctx: Under ``torchrun``, this process's context: the sampler trains on its device
+        dist_ctx: Under ``torchrun``, this process's context: the trainer runs on its device
             and data-parallel (a collective: every rank must call this).
 
     Returns:
-        The sampler.
+        The trainer.
+
+    Raises:
+        ConfigError: Unknown components, bad parameters, or a combination the algorithm does
+            not support (named).
     """
     torch.manual_seed(cfg.seed)
-    c = build_components(cfg, registry)
+    reg = registry or default_registry()
+    c = build_components(cfg, reg)
     if dist_ctx is not None:
         device: str | torch.device = dist_ctx.device
     else:
         device = distributed.resolve_device("auto") if cfg.device == "auto" else cfg.device
-    if cfg.algorithm == "idem":
-        if dist_ctx is not None:
-            raise ConfigError("algorithm: idem does not support data-parallel training "
-                              "(launch without torchrun)")
-        from .idem import IDEMSampler
-
-        return IDEMSampler(c["energy"], c["space"], c["schedule"], c["model"], c["buffer"],
-                           settings=cfg.train, idem=cfg.idem, seed=cfg.seed, device=device)
-    if cfg.algorithm == "asbs":
-        if dist_ctx is not None:
-            raise ConfigError("algorithm: asbs does not support data-parallel training "
-                              "(launch without torchrun)")
-        from .asbs import SchrodingerBridgeSampler
-
-        reg = registry or default_registry()
-        corrector = reg.build("model", cfg.model.name, cfg.model.params, space=c["space"],
-                              energy=c["energy"])
-        try:
-            return SchrodingerBridgeSampler(
-                c["energy"], c["space"], c["schedule"], c["model"], corrector, c["buffer"],
-                settings=cfg.train, asbs=cfg.asbs, seed=cfg.seed, device=device)
-        except ValueError as exc:
-            raise ConfigError(f"algorithm: asbs: {exc}") from None
-    return AdjointSampler(c["energy"], c["space"], c["schedule"], c["model"], c["buffer"],
-                          settings=cfg.train, seed=cfg.seed, device=device,
-                          distributed=dist_ctx is not None)
+    objective = build_objective(cfg, reg, c)
+    try:
+        return Trainer(c["problem"], c["schedule"], c["model"], objective, settings=cfg.train,
+                       seed=cfg.seed, device=device,
+                       parallel=DataParallel(device) if dist_ctx is not None else None)
+    except ValueError as exc:
+        raise ConfigError(f"algorithm: {cfg.algorithm_name}: {exc}") from None
 
 
 def _config_dict(cfg: RunConfig) -> dict:
@@ -102,22 +113,43 @@ def resolve_path(path: str, config_dir: Path | None = None) -> Path:
     return alt if alt.exists() else p
 
 
-def load_reference(path: str | Path, space: StateSpace) -> torch.Tensor:
+def load_reference(path: str | Path, space: StateSpace, registry: Registry | None = None
+                   ) -> torch.Tensor:
     """Load reference samples ``(N, prod(event_shape))`` as ``(N, *event_shape)`` states.
 
+    ``path`` is first looked up as the name of a registered reference set (hook
+    ``register_references``; ``adjoint-core plugins`` lists them as kind ``reference``, e.g.
+    ``dw4_val`` and ``lj13_val`` from adjoint-core-particles), then read as an ``.npy`` file.
     Particle references are projected (centre of mass removed): the DW-4 file is not mean-free.
 
+    Args:
+        path: Registered reference name or path of an ``.npy`` file.
+        space: State space of the run; fixes the expected width and does the projection.
+        registry: Registry to look names up in (default: the installed plugins).
+
     Raises:
-        ConfigError: Missing file or wrong shape (naming both shapes).
+        ConfigError: Neither a registered name nor an existing file (the message lists the
+            registered names), or an array of the wrong shape (naming both shapes).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"eval.reference: file not found: {path}")
-    arr = np.load(path)
+    reg = registry or default_registry()
+    name = str(path)
+    if name in reg.names("reference"):
+        source = reg.get("reference", name).factory
+        label = f"reference {name!r}"
+        arr = np.asarray(source() if callable(source) else np.load(source, allow_pickle=False))
+    else:
+        file = Path(path)
+        if not file.is_file():
+            registered = ", ".join(reg.names("reference")) or "(none)"
+            raise ConfigError(
+                f"eval.reference: {name!r} is neither a registered reference set nor an existing "
+                f"file; registered reference sets: {registered}")
+        label = str(file)
+        arr = np.load(file, allow_pickle=False)
     width = int(np.prod(space.event_shape))
     if arr.ndim != 2 or arr.shape[1] != width:
         raise ConfigError(
-            f"eval.reference: {path} has shape {arr.shape}, expected (N, {width}) for states of "
+            f"eval.reference: {label} has shape {arr.shape}, expected (N, {width}) for states of "
             f"shape {space.event_shape}"
         )
     return space.project(torch.as_tensor(arr, dtype=torch.float32).reshape(-1, *space.event_shape))
@@ -144,7 +176,7 @@ def evaluate_samples(
       ``periodic_w2``, W2 with the minimum-image ground distance.
 
     Returns:
-        A dict of floats (see :mod:`adjoint_core.metrics` for the exact protocols).
+        A dict of floats (see :mod:`adjoint_core.evaluation.metrics` for the exact protocols).
     """
     g = torch.Generator().manual_seed(seed)
     n = min(n_samples, samples.shape[0], reference.shape[0])
@@ -186,8 +218,13 @@ def evaluate_samples(
     return out
 
 
-def _reference_for(cfg: RunConfig, sampler: AdjointSampler, config_dir: Path | None
+def _reference_for(cfg: RunConfig, sampler: Trainer, config_dir: Path | None
                    ) -> torch.Tensor | None:
+    if len(sampler.targets) > 1:  # amortized problems are evaluated by their own benchmarks
+        if cfg.eval.reference:
+            raise ConfigError("eval.reference: a problem of several targets has no single "
+                              "reference set; remove it (see the plugin's benchmark)")
+        return None
     if cfg.eval.reference:
         return load_reference(resolve_path(cfg.eval.reference, config_dir), sampler.space)
     exact = getattr(sampler.energy, "sample", None)
@@ -248,7 +285,7 @@ def _init_checkpoint(cfg: RunConfig, cfg_dict: dict, config_dir: Path | None
         raise ConfigError(f"init_from: no checkpoint at {path} (give a run directory with "
                           f"checkpoints/latest.pt or a .pt file; got {cfg.init_from!r})")
     payload = load_checkpoint(path, expected_config=cfg_dict,
-                              sections=("energy", "space", "model"))
+                              sections=("energy", "space", "problem", "model"))
     return path, payload["state"]
 
 
@@ -265,12 +302,14 @@ def _train(
     cfg_dict = _config_dict(cfg)
     if main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    sampler = build_sampler(cfg, registry, ctx)
+    sampler = build_trainer(cfg, registry, ctx)
     # fail early (on every rank) on a bad reference file; only rank 0 keeps the reference
     reference = distributed.run_on_main(ctx, lambda: _reference_for(cfg, sampler, config_dir))
     ckpt = out / "checkpoints" / "latest.pt"
     metrics_path = out / "metrics.json"
     record: dict[str, Any] = {"config": cfg_dict, "evaluations": []}
+    if sampler.problem.info:
+        record["problem"] = sampler.problem.info
 
     def read_checkpoint() -> dict | None:
         nonlocal record
@@ -286,7 +325,7 @@ def _train(
         resuming = distributed.broadcast_object(state is not None)
         if resuming:
             parts = None if state is None else [
-                AdjointSampler.state_for_rank(state, r, ctx.world_size)
+                Trainer.state_for_rank(state, r, ctx.world_size)
                 for r in range(ctx.world_size)]
             state = distributed.scatter_objects(parts)
     if state is not None:
@@ -335,7 +374,7 @@ def _train(
     if sampler.counters["epoch"] == 0 and not record["evaluations"]:
         evaluate("warm-start" if "init_from" in record else "untrained")
 
-    def on_epoch(s: AdjointSampler, row: dict) -> None:
+    def on_epoch(s: Trainer, row: dict) -> None:
         e = s.counters["epoch"]
         if cfg.eval.every and e % cfg.eval.every == 0 and e < cfg.train.n_epochs:
             evaluate("periodic")
@@ -360,13 +399,19 @@ def _train(
     if main:
         write_record()
         save_checkpoint(ckpt, state, cfg_dict)
-        from .plotting import plot_run
+        from adjoint_core.evaluation.plotting import plot_run
 
-        plot_run(out, sampler, record, reference, samples=x, n=cfg.eval.n_samples)
+        if len(sampler.targets) == 1:
+            plot_run(out, sampler, record, reference, samples=x, n=cfg.eval.n_samples)
+        else:
+            from adjoint_core.evaluation.plotting import plot_loss
+
+            (out / "plots").mkdir(exist_ok=True)
+            plot_loss(sampler.history, out / "plots" / "loss.png")
     return distributed.broadcast_object(record) if ctx is not None else record
 
 
-def _distributed_summary(sampler: AdjointSampler, ctx: distributed.DistContext | None,
+def _distributed_summary(sampler: Trainer, ctx: distributed.DistContext | None,
                          timers_at_start: dict[str, float]) -> dict[str, Any]:
     """The ``"distributed"`` entry of ``metrics.json`` (a collective under ``torchrun``).
 
@@ -394,7 +439,7 @@ def _distributed_summary(sampler: AdjointSampler, ctx: distributed.DistContext |
 
 
 def load_run(run_dir: str | Path, registry: Registry | None = None, device: str | None = None
-             ) -> AdjointSampler:
+             ) -> Trainer:
     """Rebuild a trained sampler from a run directory (config + latest checkpoint)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
@@ -403,7 +448,7 @@ def load_run(run_dir: str | Path, registry: Registry | None = None, device: str 
     cfg = load_config(cfg_path)
     if device is not None:
         cfg = cfg.model_copy(update={"device": device})
-    sampler = build_sampler(cfg, registry)
+    sampler = build_trainer(cfg, registry)
     payload = load_checkpoint(run_dir / "checkpoints" / "latest.pt",
                               expected_config=_config_dict(cfg),
                               map_location=sampler.device)

@@ -1,7 +1,7 @@
 r"""Importance resampling of sampler output with its path weights.
 
 A trained sampler's terminal law ``p^u`` is never exactly the target ``p ∝ exp(-E/τ)``. The
-path weights of :mod:`adjoint_core.sde` (Girsanov running cost plus the terminal cost
+path weights of :mod:`adjoint_core.training.sde` (Girsanov running cost plus the terminal cost
 ``Φ(x_1) = E(x_1)/τ + log p^{base}_1(x_1)``) are importance weights of whole paths with respect
 to the optimal path measure, whose terminal marginal is ``p``. Sampling-importance-resampling
 (SIR) turns them into samples:
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .metrics import path_ess
+from adjoint_core.evaluation.metrics import path_ess
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .sampler import AdjointSampler
+    from adjoint_core.training.trainer import Trainer
 
 __all__ = ["ResampledSamples", "systematic_resample", "importance_resample"]
 
@@ -111,7 +111,7 @@ def systematic_resample(
 
 
 def importance_resample(
-    sampler: AdjointSampler, n: int, oversample: int = 4,
+    sampler: Trainer, n: int, oversample: int = 4,
     generator: torch.Generator | None = None, **sample_kw,
 ) -> ResampledSamples:
     """Simulate ``oversample·n`` paths and resample ``n`` states by their path weights.
@@ -123,7 +123,7 @@ def importance_resample(
         n: Number of states returned.
         oversample: ``k >= 1``; ``M = k·n`` paths are simulated.
         generator: Random generator for simulation and resampling.
-        **sample_kw: Passed to :meth:`AdjointSampler.sample` (``n_steps``, ``batch_size``).
+        **sample_kw: Passed to :meth:`Trainer.sample` (``n_steps``, ``batch_size``).
 
     Returns:
         A :class:`ResampledSamples`.

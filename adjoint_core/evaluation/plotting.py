@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .periodic import pair_distances
+from adjoint_core.problem.periodic import pair_distances
 
 __all__ = ["plot_run", "plot_energy_histogram", "plot_loss", "plot_samples_2d"]
 

@@ -1,7 +1,7 @@
 """Config-driven MCMC runs: ``adjoint-core mcmc CONFIG --out FILE.npy``.
 
 A config names the energy and state space exactly like a training config and adds an ``mcmc:``
-section (:class:`~adjoint_core.mcmc.MCMCSettings`)::
+section (:class:`~adjoint_core.mcmc.samplers.MCMCSettings`)::
 
     seed: 0
     energy: {name: lj13}
@@ -14,9 +14,9 @@ ignored here, and ``mcmc:`` defaults apply when it has none.
 
 Outputs: ``FILE.npy``, the kept samples of the target temperature flattened to
 ``(N, prod(event_shape))`` (the reference-data layout), and ``FILE.json``, the report: the
-resolved config, the convergence diagnostics (:meth:`~adjoint_core.mcmc.MCMCResult.diagnostics`),
+resolved config, the convergence diagnostics (:meth:`~adjoint_core.mcmc.samplers.MCMCResult.diagnostics`),
 the wall time and, when ``eval.reference`` is given, the metrics of a seeded random subset of the
-samples against it (:func:`~adjoint_core.run.evaluate_samples`).
+samples against it (:func:`~adjoint_core.app.run.evaluate_samples`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from .config import ComponentSpec, EvalSettings, validate_config
-from .mcmc import MCMCSettings, run_mcmc
-from .registry import ConfigError, Registry, default_registry
+from adjoint_core.app.config import ComponentSpec, EvalSettings, RunConfig, validate_config
+from adjoint_core.mcmc.samplers import MCMCSettings, run_mcmc
+from adjoint_core.plugins.registry import ConfigError, Registry, default_registry
 
 __all__ = ["MCMCRunConfig", "load_mcmc_config", "run_mcmc_config"]
 
@@ -40,9 +40,9 @@ __all__ = ["MCMCRunConfig", "load_mcmc_config", "run_mcmc_config"]
 class MCMCRunConfig(BaseModel):
     """An MCMC run: energy, space, ``mcmc:`` settings and optional evaluation.
 
-    The sections only a training run uses (``schedule``, ``model``, ``buffer``, ``train``,
-    ``algorithm``, ``idem``, ``checkpoint_every``) are accepted and ignored, so one file can
-    describe both; any other key is rejected.
+    Every other section of a training config (:class:`~adjoint_core.app.config.RunConfig`:
+    ``schedule``, ``model``, ``buffer``, ``train``, ``algorithm``, ``init_from``, ...) is
+    accepted and ignored, so one file can describe both; any other key is rejected.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -53,13 +53,14 @@ class MCMCRunConfig(BaseModel):
     space: ComponentSpec
     mcmc: MCMCSettings = MCMCSettings()
     eval: EvalSettings = EvalSettings()
-    schedule: Any = None
-    model: Any = None
-    buffer: Any = None
-    train: Any = None
-    algorithm: Any = None
-    idem: Any = None
-    checkpoint_every: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_training_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        training_only = set(RunConfig.model_fields) - set(cls.model_fields)
+        return {k: v for k, v in data.items() if k not in training_only}
 
 
 def load_mcmc_config(path: str | Path | dict) -> MCMCRunConfig:
@@ -86,7 +87,7 @@ def run_mcmc_config(
     Returns:
         The report written to the JSON file.
     """
-    from .run import evaluate_samples, load_reference, resolve_path
+    from adjoint_core.app.run import evaluate_samples, load_reference, resolve_path
 
     config_dir = None
     if isinstance(config, MCMCRunConfig):

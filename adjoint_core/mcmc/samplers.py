@@ -18,7 +18,7 @@ finite.
 
 *Proposal density.* On a Euclidean (or mean-free) space ``q(y|x) = N(y; m(x), ε² I)`` on the
 tangent space, ``m(x) = x − ε²/2 b(x)`` (normalising constants cancel). On a periodic space
-(:class:`~adjoint_core.spaces.PeriodicSpace`) the wrapped proposal has the wrapped-normal density
+(:class:`~adjoint_core.problem.spaces.PeriodicSpace`) the wrapped proposal has the wrapped-normal density
 ``q(y|x) = Π_c Σ_k N(y_c + kL_c; m_c(x), ε²)``, and the space's ``step_log_prob`` evaluates
 exactly that (a log-sum-exp over images). MALA with wrapping is therefore exactly correct. Using
 only the minimum-image term ``N(minimage(y − m(x)); 0, ε²)`` would be an approximation whose
@@ -85,9 +85,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from . import torus
-from .energy import Energy
-from .spaces import PeriodicSpace, StateSpace
+from adjoint_core.problem import torus
+from adjoint_core.problem.energy import Energy
+from adjoint_core.problem.spaces import PeriodicSpace, StateSpace
 
 __all__ = ["MCMCResult", "MCMCSettings", "run_mcmc", "default_initial_states",
            "non_overlapping_states",

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 
-from . import metrics
-from .buffer import ReplayBuffer
-from .gaussian import gaussian
-from .hookspecs import hookimpl
-from .models import MLP
-from .periodic import mlp_periodic
-from .schedules import GeometricSchedule, LinearSchedule
-from .spaces import EuclideanSpace, PeriodicSpace, StateSpace
-from .torsional import TorsionalSpace
-from .von_mises import von_mises
+from adjoint_core.plugins.hookspecs import hookimpl
+from adjoint_core.problem.buffer import ReplayBuffer
+from adjoint_core.problem.gaussian import gaussian
+from adjoint_core.problem.models import MLP
+from adjoint_core.problem.periodic import mlp_periodic
+from adjoint_core.problem.schedules import GeometricSchedule, LinearSchedule
+from adjoint_core.problem.spaces import EuclideanSpace, PeriodicSpace, StateSpace
+from adjoint_core.problem.torsional import TorsionalSpace
+from adjoint_core.problem.von_mises import von_mises
 
 
 def mlp(space: StateSpace, hidden: int = 128, n_layers: int = 3, time_dim: int = 64,
@@ -49,9 +48,9 @@ def register_buffers() -> dict:  # noqa: D103
 
 
 @hookimpl
-def register_metrics() -> dict:  # noqa: D103
-    return {
-        "energy_w2": metrics.energy_w2,
-        "geometric_w2": metrics.geometric_w2,
-        "euclidean_w2": metrics.euclidean_w2,
-    }
+def register_objectives() -> dict:  # noqa: D103
+    from adjoint_core.training.objectives.adjoint_sampling import AdjointSampling
+    from adjoint_core.training.objectives.asbs import asbs_objective
+    from adjoint_core.training.objectives.idem import idem_objective
+
+    return {"adjoint": AdjointSampling, "asbs": asbs_objective, "idem": idem_objective}

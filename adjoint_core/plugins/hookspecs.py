@@ -37,7 +37,8 @@ __all__ = [
     "hookspec", "hookimpl", "PROJECT", "KINDS",
     # the hook specifications: what a plugin may implement
     "register_energies", "register_spaces", "register_schedules", "register_models",
-    "register_buffers", "register_metrics", "register_commands",
+    "register_buffers", "register_problems", "register_objectives", "register_references",
+    "register_commands",
 ]
 
 #: Component kinds, the hook that registers each, and the config section naming it.
@@ -47,7 +48,9 @@ KINDS = {
     "schedule": "register_schedules",
     "model": "register_models",
     "buffer": "register_buffers",
-    "metric": "register_metrics",
+    "problem": "register_problems",
+    "objective": "register_objectives",
+    "reference": "register_references",
 }
 
 
@@ -77,8 +80,38 @@ def register_buffers() -> dict:
 
 
 @hookspec
-def register_metrics() -> dict:
-    """Return ``{name: callable}`` of sample-quality metrics ``f(samples, reference, **kw)``."""
+def register_problems() -> dict:
+    """Return ``{name: factory}`` of problems (several targets, e.g. one per molecule).
+
+    A factory returns a :class:`~adjoint_core.problem.target.Problem`; it is called with the
+    parameters of the config's ``problem:`` section and may declare ``make_buffer`` to receive
+    a zero-argument function that builds one replay buffer of the config's ``buffer:`` section
+    (one per target).
+    """
+
+
+@hookspec
+def register_objectives() -> dict:
+    """Return ``{name: factory}`` of training objectives (algorithms).
+
+    A factory returns an :class:`~adjoint_core.training.objectives.base.Objective`; it is
+    called with the parameters of the config's ``algorithm:`` section (``{name: ..., **params}``),
+    and may declare ``make_model`` to receive a zero-argument function that builds another
+    network of the config's ``model:`` section (e.g. ASBS's corrector).
+    """
+
+
+@hookspec
+def register_references() -> dict:
+    """Return ``{name: source}`` of reference sample sets, for ``eval.reference: NAME``.
+
+    A source is the path of an ``.npy`` file of shape ``(N, prod(event_shape))`` (``str`` or
+    :class:`os.PathLike`), or a callable without arguments that returns such an array. Ship
+    the files as package data and return their installed paths, e.g.
+    ``{"my_system_val": importlib.resources.files("my_package") / "data" / "val.npy"}``;
+    :func:`adjoint_core.app.run.load_reference` resolves a registered name before a file path,
+    and ``adjoint-core plugins`` lists the names (kind ``reference``).
+    """
 
 
 @hookspec

@@ -2,7 +2,7 @@
 
 Plugins are found through the ``adjoint_core`` entry-point group (read with
 :mod:`importlib.metadata`) and registered in a :class:`pluggy.PluginManager`. The core's own
-components come through the same path (its entry point ``core = adjoint_core.builtins``).
+components come through the same path (its entry point ``core = adjoint_core.plugins.builtins``).
 A plugin that raises on import or inside a hook is recorded in :attr:`Registry.failures`
 (name, distribution, error) and the others still load.
 
@@ -24,8 +24,8 @@ from typing import Any
 import pluggy
 import pydantic
 
-from . import hookspecs
-from .hookspecs import KINDS, PROJECT
+from adjoint_core.plugins import hookspecs
+from adjoint_core.plugins.hookspecs import KINDS, PROJECT
 
 __all__ = ["Registry", "ComponentEntry", "PluginFailure", "default_registry", "ConfigError"]
 
@@ -46,7 +46,9 @@ class ComponentEntry:
 
     @property
     def target(self) -> str:
-        """Dotted path of the factory."""
+        """Dotted path of the factory; for a reference registered as a file, the file's path."""
+        if isinstance(self.factory, (str, os.PathLike)):
+            return str(self.factory)
         return f"{self.factory.__module__}.{getattr(self.factory, '__qualname__', self.factory)}"
 
 

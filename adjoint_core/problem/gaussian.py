@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .energy import Energy
+from adjoint_core.problem.energy import Energy
 
 __all__ = ["GaussianEnergy", "gaussian"]
 

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from .spaces import PeriodicSpace, StateSpace
+from adjoint_core.problem.spaces import PeriodicSpace, StateSpace
 
 __all__ = ["Model", "MLP", "FourierTimeEmbedding"]
 

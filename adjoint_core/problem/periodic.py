@@ -1,8 +1,8 @@
-r"""Models and observables for periodic boxes (:class:`~adjoint_core.spaces.PeriodicSpace`).
+r"""Models and observables for periodic boxes (:class:`~adjoint_core.problem.spaces.PeriodicSpace`).
 
 * :class:`PeriodicMLP` (registry name ``mlp_periodic``): a fully connected control network
   that sees each coordinate only through ``sin(2πnx/L), cos(2πnx/L)``
-  (:func:`adjoint_core.torus.periodic_features`), so its output is smooth and exactly
+  (:func:`adjoint_core.problem.torus.periodic_features`), so its output is smooth and exactly
   periodic in every coordinate.
 * :func:`radial_distribution`: the radial distribution function ``g(r)`` of particles in a
   periodic box from minimum-image distances (:func:`pair_distances`).
@@ -15,9 +15,9 @@ import math
 import torch
 from torch import nn
 
-from .models import FourierTimeEmbedding, Model
-from .spaces import PeriodicSpace, StateSpace
-from .torus import minimum_image, periodic_features
+from adjoint_core.problem.models import FourierTimeEmbedding, Model
+from adjoint_core.problem.spaces import PeriodicSpace, StateSpace
+from adjoint_core.problem.torus import minimum_image, periodic_features
 
 __all__ = ["PeriodicMLP", "mlp_periodic", "pair_distances", "radial_distribution"]
 

@@ -3,7 +3,7 @@ r"""The torsional state space: a torus ``T^K = [-π, π)^K`` of torsion angles.
 Torsional Adjoint Sampling (ALGORITHM_NOTES §2) samples only the ``K`` torsion angles of the
 rotatable bonds of a molecule; bond lengths and angles stay those of a reference geometry. The
 state is a vector ``τ ∈ [-π, π)^K`` and everything the loop needs from the space is generic
-torus maths with period ``2π``, shared with periodic boxes through :mod:`adjoint_core.torus`:
+torus maths with period ``2π``, shared with periodic boxes through :mod:`adjoint_core.problem.torus`:
 
 * **Base process**: Brownian motion on the torus, ``dτ = g(t) dW`` wrapped; the source is
   ``τ = 0`` (AS-mol sets every torsion of the reference conformer to 0 so the source is the
@@ -20,12 +20,12 @@ torus maths with period ``2π``, shared with periodic boxes through :mod:`adjoin
   ``N(0, h(1)²)``, the Euclidean bridge is run to it and the result wrapped.
 * **SDE step and projection**: ``wrap(τ + dτ)``; the tangent space is all of ``R^K``.
 
-All of this is inherited from :class:`~adjoint_core.spaces.PeriodicSpace` with ``L = 2π`` in
+All of this is inherited from :class:`~adjoint_core.problem.spaces.PeriodicSpace` with ``L = 2π`` in
 the flat layout; :class:`TorsionalSpace` adds the torsion-specific vocabulary (``n_torsions``)
 and an optional *embedding* ``τ → R^{N×3}`` (for molecules: the rigid-rotor map of the
 chemistry plugin) so that models and metrics can see Cartesian coordinates. Nothing here knows
 about chemistry: a user can sample any density on a torus with it (e.g.
-:class:`~adjoint_core.von_mises.VonMisesEnergy` with ``box = 2π``).
+:class:`~adjoint_core.problem.von_mises.VonMisesEnergy` with ``box = 2π``).
 
 The paper's torsional schedule is ``GeometricSchedule(sigma_min=π/100, sigma_max=π)``
 (:func:`torsional_schedule`).
@@ -38,9 +38,9 @@ from collections.abc import Callable
 
 import torch
 
-from . import torus
-from .schedules import GeometricSchedule
-from .spaces import PeriodicSpace
+from adjoint_core.problem import torus
+from adjoint_core.problem.schedules import GeometricSchedule
+from adjoint_core.problem.spaces import PeriodicSpace
 
 __all__ = ["TorsionalSpace", "torsional_schedule", "angle_difference", "TWO_PI"]
 

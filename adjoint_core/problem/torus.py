@@ -1,7 +1,7 @@
 r"""Torus maths shared by every periodic state space (periodic boxes, torsion angles).
 
 A coordinate with period ``L`` lives on the circle ``R / LZ``. Everything periodic in
-adjoint-core (:class:`~adjoint_core.spaces.PeriodicSpace`, a later torsional space with
+adjoint-core (:class:`~adjoint_core.problem.spaces.PeriodicSpace`, a later torsional space with
 ``L = 2π``, the periodic Lennard-Jones fluid, the MCMC sampler) goes through the functions of
 this module, so the conventions below are fixed once.
 

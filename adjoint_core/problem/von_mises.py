@@ -5,7 +5,7 @@ r"""A product of von Mises densities in a periodic box: the torus' known-answer 
 on the flattened state ``x`` (one term per coordinate, period ``L_k``). With temperature ``τ``
 the Boltzmann density is a product of independent von Mises laws of the angles
 ``θ_k = 2π x_k / L_k`` with locations ``2π μ_k / L_k`` and concentrations ``κ_k / τ``; it is the
-analogue on a torus of :mod:`adjoint_core.gaussian`: exact samples
+analogue on a torus of :mod:`adjoint_core.problem.gaussian`: exact samples
 (:meth:`VonMisesEnergy.sample`) and exact circular moments (:meth:`VonMisesEnergy.moments`).
 """
 
@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from .energy import Energy
-from .torus import wrap
+from adjoint_core.problem.energy import Energy
+from adjoint_core.problem.torus import wrap
 
 __all__ = ["VonMisesEnergy", "von_mises", "circular_moments"]
 
@@ -122,7 +122,7 @@ def von_mises(
 
     The layout is ``dim`` (or the length of a list-valued ``kappa``/``mu``/``box``), or
     ``n_particles`` and ``spatial_dim``; ``box`` may also be one length per spatial axis in the
-    particle layout, like :class:`~adjoint_core.spaces.PeriodicSpace`. Scalars are broadcast.
+    particle layout, like :class:`~adjoint_core.problem.spaces.PeriodicSpace`. Scalars are broadcast.
     """
     if n_particles is not None or spatial_dim is not None:
         if n_particles is None or spatial_dim is None or dim is not None:

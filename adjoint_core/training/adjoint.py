@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import torch
 
-from .energy import Energy
-from .schedules import NoiseSchedule
-from .spaces import StateSpace
+from adjoint_core.problem.energy import Energy
+from adjoint_core.problem.schedules import NoiseSchedule
+from adjoint_core.problem.spaces import StateSpace
 
 __all__ = ["clip_per_particle", "energy_gradient_term", "terminal_adjoint",
            "adjoint_matching_loss"]

@@ -6,7 +6,7 @@ environment, picks the device and backend and initialises the process group; a p
 ``adjoint-core train`` never touches ``torch.distributed``. See ``docs/scaling.md`` for the
 launch recipes (one node, several nodes, SLURM) and a measured scaling figure.
 
-Semantics (implemented by :class:`adjoint_core.sampler.AdjointSampler` with
+Semantics (implemented by :class:`adjoint_core.training.trainer.AdjointSampler` with
 ``distributed=True``):
 
 * **Work split.** ``samples_per_epoch``, ``init_samples`` and ``train_batch_size`` are
@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from .registry import ConfigError
+from adjoint_core.plugins.registry import ConfigError
 
 __all__ = [
     "DistContext",

@@ -1,6 +1,6 @@
 r"""Euler–Maruyama simulation of the controlled SDE and its path weights.
 
-Controlled process (convention of the whole library, see :mod:`adjoint_core.models`):
+Controlled process (convention of the whole library, see :mod:`adjoint_core.problem.models`):
 
 .. math:: dX_t = g(t)^2 u_\theta(t, X_t)\,dt + g(t)\,dW_t, \qquad X_0 = x_0 .
 
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .schedules import NoiseSchedule
-from .spaces import StateSpace
+from adjoint_core.problem.schedules import NoiseSchedule
+from adjoint_core.problem.spaces import StateSpace
 
 __all__ = ["uniform_grid", "simulate", "SimulationResult"]
 

@@ -1,18 +1,18 @@
 r"""Amortized Adjoint Sampling over many molecules (one network for all of them).
 
-The loop is the core's (:mod:`adjoint_core.sampler`) with a molecule drawn per batch; it is
+The loop is the core's (:mod:`adjoint_core.training.trainer`) with a molecule drawn per batch; it is
 composed from the core's generic pieces and needs no change to them:
 
-* each molecule ``m`` has its own mean-free :class:`~adjoint_core.spaces.EuclideanSpace`
+* each molecule ``m`` has its own mean-free :class:`~adjoint_core.problem.spaces.EuclideanSpace`
   ``(N_m, 3)``, its energy (:func:`~adjoint_core_chem.energy.make_energy`) and its own
-  :class:`~adjoint_core.buffer.ReplayBuffer` of ``(x_1, a(x_1), E)`` rows;
-* *simulate*: :func:`adjoint_core.sde.simulate` with the control
+  :class:`~adjoint_core.problem.buffer.ReplayBuffer` of ``(x_1, a(x_1), E)`` rows;
+* *simulate*: :func:`adjoint_core.training.sde.simulate` with the control
   ``u(t, x) = u_θ(t, x; context_m)`` (the context travels in a closure);
-* *energy*: :func:`adjoint_core.adjoint.terminal_adjoint` (one MMFF / xTB evaluation per
+* *energy*: :func:`adjoint_core.training.adjoint.terminal_adjoint` (one MMFF / xTB evaluation per
   conformer, per-atom clipping of ``∇E/τ``, base score);
 * *train*: each Adam step draws ``molecules_per_step`` molecules with data and
   ``batch_per_molecule`` rows of each, and minimises the mean over molecules of
-  :func:`adjoint_core.adjoint.adjoint_matching_loss` at base-bridge samples.
+  :func:`adjoint_core.training.adjoint.adjoint_matching_loss` at base-bridge samples.
 
 Optional warm-up (``train.pretrain_epochs``, the paper's "AS + RDKit warm-up"): the first epochs
 regress the control onto the base bridge towards RDKit ETKDG conformers (bridge matching), then
@@ -42,13 +42,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rdkit.Chem.rdMolDescriptors import CalcNumRotatableBonds
 
-from adjoint_core.adjoint import adjoint_matching_loss, terminal_adjoint
-from adjoint_core.buffer import ReplayBuffer
-from adjoint_core.config import read_config_file
-from adjoint_core.registry import ConfigError
-from adjoint_core.schedules import GeometricSchedule
-from adjoint_core.sde import simulate
-from adjoint_core.spaces import EuclideanSpace
+from adjoint_core.app.config import read_config_file
+from adjoint_core.plugins.registry import ConfigError
+from adjoint_core.problem.buffer import ReplayBuffer
+from adjoint_core.problem.schedules import GeometricSchedule
+from adjoint_core.problem.spaces import EuclideanSpace
+from adjoint_core.training.adjoint import adjoint_matching_loss, terminal_adjoint
+from adjoint_core.training.sde import simulate
 
 from .energy import KT_300K, make_energy
 from .model import MolecularEGNN
@@ -160,7 +160,7 @@ class ChemConfig(BaseModel):
 def load_chem_config(path: str | Path | dict) -> tuple[ChemConfig, Path | None]:
     """Read and validate a chemistry config; returns it and the file's folder.
 
-    The file may inherit from another with ``base:`` (:func:`adjoint_core.config.read_config_file`).
+    The file may inherit from another with ``base:`` (:func:`adjoint_core.app.config.read_config_file`).
 
     Raises:
         ConfigError: Missing file, bad YAML, or a bad field (named with its value).

@@ -1,4 +1,4 @@
-r"""Molecular energies on the core :class:`~adjoint_core.energy.Energy` interface.
+r"""Molecular energies on the core :class:`~adjoint_core.problem.energy.Energy` interface.
 
 Every energy here is built for **one molecule** (a :class:`~adjoint_core_chem.molecule.Molecule`)
 and is batched over its conformers: states are ``(batch, N, 3)`` in Å. Several molecules are
@@ -42,7 +42,7 @@ import torch
 from rdkit import Chem, RDLogger
 from rdkit.Chem import AllChem
 
-from adjoint_core.energy import Energy, external_energy
+from adjoint_core.problem.energy import Energy, external_energy
 
 from .molecule import Molecule, MoleculeError
 

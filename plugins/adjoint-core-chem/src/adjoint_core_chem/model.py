@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adjoint_core.models import FourierTimeEmbedding, Model
-from adjoint_core.spaces import StateSpace
+from adjoint_core.problem.models import FourierTimeEmbedding, Model
+from adjoint_core.problem.spaces import StateSpace
 
 from .molecule import N_ATOM_FEATURES, N_PAIR_FEATURES
 

@@ -19,8 +19,8 @@ import argparse
 import torch
 
 from adjoint_core import hookimpl
-from adjoint_core.models import Model
-from adjoint_core.spaces import StateSpace
+from adjoint_core.problem.models import Model
+from adjoint_core.problem.spaces import StateSpace
 
 from .energy import KT_300K, make_energy
 from .model import MolecularEGNN

@@ -3,7 +3,7 @@ r"""Torsional coordinates of a molecule: rotatable bonds, torsions → Cartesian
 The torsional variant of Adjoint Sampling (ALGORITHM_NOTES §2) samples only the torsion angles
 ``τ ∈ [-π, π)^K`` of the ``K`` rotatable bonds; bond lengths, bond angles, rings and chirality
 are those of one reference conformer. This module supplies the chemistry behind the core's
-generic :class:`~adjoint_core.torsional.TorsionalSpace`:
+generic :class:`~adjoint_core.problem.torsional.TorsionalSpace`:
 
 * **Rotatable bonds** (:func:`find_torsions`): the SMARTS ``[!$(*#*)&!D1]-&!@[!$(*#*)&!D1]``
   of AS-mol / torsional diffusion: a single, acyclic bond between two non-terminal atoms,
@@ -22,7 +22,7 @@ generic :class:`~adjoint_core.torsional.TorsionalSpace`:
   batched.
 * **Chain rule** (:func:`torsion_gradient`): ``∂E/∂τ = J(τ)ᵀ ∇_x E`` by a vector–Jacobian
   product through the map (exact for any Cartesian energy).
-* :class:`TorsionalEnergy`: any Cartesian molecular :class:`~adjoint_core.energy.Energy` (MMFF,
+* :class:`TorsionalEnergy`: any Cartesian molecular :class:`~adjoint_core.problem.energy.Energy` (MMFF,
   xTB, eSEN, …) evaluated at ``x(τ)``, with event shape ``(K,)``, the same temperature and the
   torsional gradient from the chain rule; one Cartesian evaluation per state.
 
@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 import torch
 from rdkit import Chem
 
-from adjoint_core.energy import Energy
-from adjoint_core.torsional import TorsionalSpace
-from adjoint_core.torus import wrap
+from adjoint_core.problem.energy import Energy
+from adjoint_core.problem.torsional import TorsionalSpace
+from adjoint_core.problem.torus import wrap
 
 from .molecule import Molecule, MoleculeError
 
@@ -257,7 +257,7 @@ class MoleculeTorsions:
         return wrap(dihedral(x, self.index.to(x.device)), 2 * math.pi)
 
     def space(self, n_images: int | None = None) -> TorsionalSpace:
-        """The :class:`~adjoint_core.torsional.TorsionalSpace` ``(K,)``, embedding attached.
+        """The :class:`~adjoint_core.problem.torsional.TorsionalSpace` ``(K,)``, embedding attached.
 
         The embedding is :meth:`positions`.
 

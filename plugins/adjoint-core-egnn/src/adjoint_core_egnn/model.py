@@ -32,14 +32,14 @@ Implementation notes:
 
 **Periodic boxes.** With ``box = (L_1, ..., L_d)`` every edge vector is the minimum-image
 displacement ``r_ij = x_i − x_j − L·round((x_i − x_j)/L)``
-(:func:`adjoint_core.torus.minimum_image`), in the first layer and in every later one (whose
+(:func:`adjoint_core.problem.torus.minimum_image`), in the first layer and in every later one (whose
 positions are the unwrapped ``x + Σ dpos``; only minimum-image differences of them are used).
 The output is then invariant to shifting any particle by a multiple of the box and to
 translations, and equivariant to permutations and to the symmetries of the box (reflections,
 permutations of axes of equal length); it is no longer rotation-equivariant (a box is not). It
 jumps where a pair's separation along an axis crosses ``L/2`` (the minimum image flips); with a
 ``cutoff < L_min/2`` such pairs are outside the graph (the cut-off's own discontinuity remains).
-Such a model only accepts a :class:`~adjoint_core.spaces.PeriodicSpace` with the same box
+Such a model only accepts a :class:`~adjoint_core.problem.spaces.PeriodicSpace` with the same box
 (:meth:`EGNN.check_space`).
 """
 
@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adjoint_core.models import FourierTimeEmbedding, Model
-from adjoint_core.spaces import PeriodicSpace, StateSpace
-from adjoint_core.torus import minimum_image
+from adjoint_core.problem.models import FourierTimeEmbedding, Model
+from adjoint_core.problem.spaces import PeriodicSpace, StateSpace
+from adjoint_core.problem.torus import minimum_image
 
 with warnings.catch_warnings():  # PyG's import calls the deprecated torch.jit.script
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*",
@@ -233,7 +233,7 @@ class EGNN(Model):
             LJ-13 at batch 512) and the whole batch on other devices. ``0``: never chunk.
         box: Periodic box: one length for all axes or one per axis. Edge vectors (and the
             distances of the cut-off and of the edge features) are then minimum images, and
-            the model only fits a :class:`~adjoint_core.spaces.PeriodicSpace` with this box.
+            the model only fits a :class:`~adjoint_core.problem.spaces.PeriodicSpace` with this box.
             ``None`` (default): plain coordinate differences (non-periodic spaces).
 
     Shapes:
@@ -298,7 +298,7 @@ class EGNN(Model):
     def check_space(self, space: StateSpace) -> None:
         """Require a particle space of shape ``(n_particles, spatial_dim)``.
 
-        A :class:`~adjoint_core.spaces.PeriodicSpace` is accepted only by a model built with the
+        A :class:`~adjoint_core.problem.spaces.PeriodicSpace` is accepted only by a model built with the
         same ``box`` (minimum-image edges), and a model with a ``box`` only fits such a space.
 
         Raises:
@@ -475,7 +475,7 @@ def egnn(
         max_chunk_edges: Edges per evaluation chunk (``None``: automatic, ``0``: no chunking);
             see :class:`EGNN`.
         box: Periodic box for minimum-image edges; ``None`` (default): taken from ``space``
-            when it is a :class:`~adjoint_core.spaces.PeriodicSpace`, else no periodicity.
+            when it is a :class:`~adjoint_core.problem.spaces.PeriodicSpace`, else no periodicity.
 
     Raises:
         ValueError: ``space`` is not a particle space, a parameter is out of range, or

@@ -1,4 +1,4 @@
-r"""eSEN (FAIR Chemistry, fairchem-core) as an adjoint-core :class:`~adjoint_core.energy.Energy`.
+r"""eSEN (FAIR Chemistry, fairchem-core) as an adjoint-core :class:`~adjoint_core.problem.energy.Energy`.
 
 Two layers:
 
@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 import torch
 
-from adjoint_core.energy import Energy, external_energy
+from adjoint_core.problem.energy import Energy, external_energy
 
 from ._fairchem import require_fairchem
 from .checkpoint import CheckpointInfo, ESENCheckpointError, inspect_checkpoint

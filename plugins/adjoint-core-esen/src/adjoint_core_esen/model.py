@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from adjoint_core.models import Model
-from adjoint_core.spaces import StateSpace
+from adjoint_core.problem.models import Model
+from adjoint_core.problem.spaces import StateSpace
 
 from .energy import ELEMENT_TYPES
 

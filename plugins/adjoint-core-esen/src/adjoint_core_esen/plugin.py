@@ -22,7 +22,7 @@ import json
 from typing import Literal
 
 from adjoint_core import hookimpl
-from adjoint_core.spaces import StateSpace
+from adjoint_core.problem.spaces import StateSpace
 
 __all__ = ["esen", "register_energies", "register_models", "register_commands"]
 

@@ -36,8 +36,8 @@ import math
 import torch
 
 from adjoint_core import Energy
-from adjoint_core.spaces import PeriodicSpace, StateSpace
-from adjoint_core.torus import minimum_image
+from adjoint_core.problem.spaces import PeriodicSpace, StateSpace
+from adjoint_core.problem.torus import minimum_image
 
 from ._validation import check_int, check_positive
 from .pairs import PairIndex
@@ -169,7 +169,7 @@ def lj_periodic(
 ) -> PeriodicLennardJonesEnergy:
     """Registry factory ``lj_periodic``: sizes and box default to the periodic state space.
 
-    With a :class:`~adjoint_core.spaces.PeriodicSpace` injected as ``space``, unset
+    With a :class:`~adjoint_core.problem.spaces.PeriodicSpace` injected as ``space``, unset
     ``n_particles``, ``spatial_dim`` and ``box`` are read from it (so a config states the box
     once, in the space); given values must agree with it. Without a periodic space the
     defaults are those of :class:`PeriodicLennardJonesEnergy` (``N = 16``, ``d = 2``,

@@ -9,6 +9,9 @@ Registered energies: ``dw4``, ``lj13``, ``lj55``, ``gmm40`` (benchmark presets, 
 :mod:`adjoint_core_particles.presets`), the general ``double_well``, ``lennard_jones``,
 ``gaussian_mixture``, and the periodic Lennard-Jones fluid ``lj_periodic``
 (:mod:`adjoint_core_particles.periodic_lj`).
+
+Registered reference sets (package data, :mod:`adjoint_core_particles.reference`): ``dw4_val``
+and ``lj13_val``, for ``eval.reference: dw4_val`` in a config.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from .gaussian_mixture import GaussianMixtureEnergy
 from .lennard_jones import LennardJonesEnergy
 from .periodic_lj import lj_periodic
 from .presets import dw4, gmm40, lj13, lj55
+from .reference import PACKAGED_REFERENCES, packaged_reference_path
 
-__all__ = ["register_energies", "ENERGIES"]
+__all__ = ["register_energies", "register_references", "ENERGIES"]
 
 #: Name → factory of every energy this plugin registers.
 ENERGIES: dict[str, Callable[..., object]] = {
@@ -42,3 +46,9 @@ ENERGIES: dict[str, Callable[..., object]] = {
 def register_energies() -> dict:
     """Return ``{name: factory}`` of the particle and toy energies."""
     return dict(ENERGIES)
+
+
+@hookimpl
+def register_references() -> dict:
+    """Return ``{name: path}`` of the reference sets shipped as package data."""
+    return {name: packaged_reference_path(name) for name in PACKAGED_REFERENCES}

@@ -1,25 +1,30 @@
-"""Reference (ground-truth) particle samples: locating the shared files and loading them.
+"""Reference (ground-truth) particle samples: the packaged sets, other locations, loaders.
 
-The DW-4 and LJ-13 validation sets of the iDEM/AS papers are stored as ``.npy`` arrays of
-shape ``(N, n_particles * spatial_dim)`` (flattened ``x1, y1, (z1,) x2, ...``). The DW-4 file
-is **not** mean-free, so :func:`load_reference` removes the centre of mass by default.
+The DW-4 and LJ-13 validation sets of the iDEM and Adjoint Sampling papers ship with this
+distribution as package data (``adjoint_core_particles/data``, provenance and licence in its
+``README.md`` and ``LICENSE-DEM.txt``). They are ``.npy`` arrays of shape
+``(N, n_particles * spatial_dim)`` (flattened ``x1, y1, (z1,) x2, ...``). The DW-4 file is
+**not** mean-free, so :func:`load_reference` removes the centre of mass by default.
 
-:func:`find_reference` looks for a known file, in order, in
+The plugin registers them by name (:data:`PACKAGED_REFERENCES`, hook ``register_references``),
+so a config says ``eval.reference: dw4_val`` and ``adjoint-core evaluate`` takes
+``--reference dw4_val``.
 
-1. ``$ADJOINT_CORE_DATA`` and ``$ADJOINT_CORE_DATA/particles``;
-2. ``../shared/data/particles`` relative to the current working directory;
-3. ``<ancestor>/shared/data/particles`` for every ancestor of the current working directory
-   and of this module's directory (so a ``shared/`` folder beside the repository root is
-   found from anywhere inside the repository);
+:func:`find_reference` looks for a set by system name, in order, in
+
+1. ``$ADJOINT_CORE_DATA`` and ``$ADJOINT_CORE_DATA/particles`` (an explicit choice wins);
+2. the package's own ``data/`` folder (always holds ``dw4`` and ``lj13``);
+3. ``../shared/data/particles`` relative to the current working directory, and
+   ``<ancestor>/shared/data/particles`` for every ancestor of the working directory and of
+   this module's directory (an optional extra location for larger sets);
 4. ``<ancestor>/data`` for the same ancestors: the repository's own ``data/`` folder, where
-   generated references live. ``lj55`` is such a set: it is not shipped, it is produced by the
-   project's reference sampler with
-   ``adjoint-core mcmc examples/lj55_mcmc.yaml --out data/lj55_mcmc.npy`` (see
-   ``docs/baselines.md``; git-ignored).
+   generated references go, e.g. the full 10,000-sample LJ-55 set made by
+   ``adjoint-core mcmc bench/configs/lj55_mcmc.yaml --out data/lj55_mcmc.npy``.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
@@ -29,7 +34,9 @@ import torch
 __all__ = [
     "REFERENCE_FILES",
     "REFERENCE_SHAPES",
+    "PACKAGED_REFERENCES",
     "DATA_ENV_VAR",
+    "packaged_reference_path",
     "find_reference",
     "load_reference",
     "load_named_reference",
@@ -38,13 +45,39 @@ __all__ = [
 #: Environment variable naming a directory that holds the reference files.
 DATA_ENV_VAR = "ADJOINT_CORE_DATA"
 
-#: Known reference sets: name → file name.
+#: Known reference sets by system name: name → file name.
 REFERENCE_FILES: dict[str, str] = {"dw4": "dw4_val.npy", "lj13": "lj13_val.npy",
                                    "lj55": "lj55_mcmc.npy"}
 
-#: Known reference sets: name → ``(n_particles, spatial_dim)``.
+#: Known reference sets by system name: name → ``(n_particles, spatial_dim)``.
 REFERENCE_SHAPES: dict[str, tuple[int, int]] = {"dw4": (4, 2), "lj13": (13, 3),
                                                 "lj55": (55, 3)}
+
+#: Reference sets shipped as package data: registered name → file name in ``data/``.
+PACKAGED_REFERENCES: dict[str, str] = {"dw4_val": "dw4_val.npy", "lj13_val": "lj13_val.npy"}
+
+
+def _data_dir() -> Path:
+    """The package's ``data/`` folder (an ordinary directory: the wheel is not zip-safe)."""
+    return Path(str(importlib.resources.files(__package__).joinpath("data")))
+
+
+def packaged_reference_path(name: str) -> Path:
+    """Installed path of a reference set shipped with this package.
+
+    Args:
+        name: A key of :data:`PACKAGED_REFERENCES` (``"dw4_val"`` or ``"lj13_val"``).
+
+    Returns:
+        The ``.npy`` file inside the installed package.
+
+    Raises:
+        ValueError: If ``name`` is not a packaged set (the message lists them).
+    """
+    if name not in PACKAGED_REFERENCES:
+        raise ValueError(f"unknown packaged reference set {name!r}; packaged: "
+                         f"{', '.join(sorted(PACKAGED_REFERENCES))}")
+    return _data_dir() / PACKAGED_REFERENCES[name]
 
 
 def _search_dirs() -> list[Path]:
@@ -52,6 +85,7 @@ def _search_dirs() -> list[Path]:
     env = os.environ.get(DATA_ENV_VAR)
     if env:
         dirs += [Path(env), Path(env) / "particles"]
+    dirs.append(_data_dir())
     cwd = Path.cwd()
     dirs.append(cwd.parent / "shared" / "data" / "particles")
     for start in (Path(__file__).resolve().parent, cwd.resolve()):
@@ -71,7 +105,7 @@ def find_reference(name: str) -> Path | None:
 
     Returns:
         The first existing candidate (see the module docstring for the search order), or
-        ``None``.
+        ``None`` (only possible for ``"lj55"``, which is generated, not shipped).
 
     Raises:
         ValueError: If ``name`` is not a known reference set.

@@ -5,16 +5,16 @@ core's generic pieces and the chemistry plugin, with no change to either:
 
 * each molecule ``m`` has its torsional coordinates
   (:class:`adjoint_core_chem.torsion.MoleculeTorsions`: rotatable bonds, one ETKDG reference
-  geometry, MMFF-relaxed by default), its :class:`~adjoint_core.torsional.TorsionalSpace`
+  geometry, MMFF-relaxed by default), its :class:`~adjoint_core.problem.torsional.TorsionalSpace`
   ``T^{K_m}``, its energy (the chemistry plugin's Cartesian energy evaluated at ``x(τ)``,
   :class:`~adjoint_core_chem.torsion.TorsionalEnergy`) and its own replay buffer;
-* *simulate*: :func:`adjoint_core.sde.simulate` on the torus (every update wrapped) with the
+* *simulate*: :func:`adjoint_core.training.sde.simulate` on the torus (every update wrapped) with the
   control ``u_θ(t, τ; context_m)``;
-* *energy*: :func:`adjoint_core.adjoint.terminal_adjoint`, i.e. ``∇_τ E/τ`` (clipped, whole
+* *energy*: :func:`adjoint_core.training.adjoint.terminal_adjoint`, i.e. ``∇_τ E/τ`` (clipped, whole
   vector per sample) plus the wrapped-normal base score;
 * *train*: each Adam step draws ``molecules_per_step`` molecules with data, ``batch_per_molecule``
   rows of each, bridge samples on the torus (image draw, Euclidean bridge, wrap), and minimises
-  the mean over molecules of :func:`adjoint_core.adjoint.adjoint_matching_loss` (a mean over
+  the mean over molecules of :func:`adjoint_core.training.adjoint.adjoint_matching_loss` (a mean over
   torsions; AS-mol sums over all torsions of the batch, ALGORITHM_NOTES §2.3).
 
 Molecules without a rotatable bond have nothing to learn and are skipped in training; at
@@ -42,12 +42,12 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from adjoint_core.adjoint import adjoint_matching_loss, terminal_adjoint
-from adjoint_core.buffer import ReplayBuffer
-from adjoint_core.config import read_config_file
-from adjoint_core.registry import ConfigError
-from adjoint_core.schedules import GeometricSchedule
-from adjoint_core.sde import simulate
+from adjoint_core.app.config import read_config_file
+from adjoint_core.plugins.registry import ConfigError
+from adjoint_core.problem.buffer import ReplayBuffer
+from adjoint_core.problem.schedules import GeometricSchedule
+from adjoint_core.training.adjoint import adjoint_matching_loss, terminal_adjoint
+from adjoint_core.training.sde import simulate
 
 from .model import TorsionNet
 
@@ -162,7 +162,7 @@ class TorsionConfig(BaseModel):
 def load_torsion_config(path: str | Path | dict) -> tuple[TorsionConfig, Path | None]:
     """Read and validate a torsional config; returns it and the file's folder.
 
-    The file may inherit from another with ``base:`` (:func:`adjoint_core.config.read_config_file`).
+    The file may inherit from another with ``base:`` (:func:`adjoint_core.app.config.read_config_file`).
 
     Raises:
         ConfigError: Missing file, bad YAML, or a bad field (named with its value).

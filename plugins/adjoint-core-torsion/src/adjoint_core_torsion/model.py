@@ -47,8 +47,8 @@ import warnings
 import torch
 from torch import nn
 
-from adjoint_core.models import FourierTimeEmbedding, Model
-from adjoint_core.spaces import PeriodicSpace, StateSpace
+from adjoint_core.problem.models import FourierTimeEmbedding, Model
+from adjoint_core.problem.spaces import PeriodicSpace, StateSpace
 
 with warnings.catch_warnings():  # PyG's import calls the deprecated torch.jit.script
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*",
