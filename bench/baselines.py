@@ -7,7 +7,7 @@ Usage (from the repository root; state the thread count, the numbers depend on i
 
 Methods (``--methods``, default all):
 
-* ``as``: ``examples/<system>_cpu.yaml`` (Adjoint Sampling), ``n_epochs`` overridden;
+* ``as``: ``bench/configs/<system>_cpu.yaml`` (Adjoint Sampling), ``n_epochs`` overridden;
 * ``idem``: ``examples/<system>_idem.yaml`` (``algorithm: idem``), ``n_epochs`` overridden;
 * ``mcmc_matched``: MALA with ``--matched-chains`` chains and as many energy evaluations as the
   AS run used (the per-evaluation baseline): half the steps burn-in, the rest kept;
@@ -15,11 +15,11 @@ Methods (``--methods``, default all):
 
 Protocol (as ``bench/synthetic.py``): 2,000 samples per method (trained samplers: a fixed
 generator; MCMC: a seeded random subset of the kept states) against 2,000 reference samples of
-``../shared/data/particles/<system>_val.npy``; energy W2, geometric W2 (papers' and invariant
-protocol) on ``--geometric-samples`` of them. Reported per method: the metrics, the energy
-evaluations (training, or the whole chain), the wall time (training phases, or the chain) and
-the time to draw the 2,000 samples. Writes ``bench/results/baselines_<system>.json`` and prints
-a Markdown table.
+the config's ``eval.reference`` (the registered ``<system>_val`` set); energy W2, geometric W2
+(papers' and invariant protocol) on ``--geometric-samples`` of them. Reported per method: the
+metrics, the energy evaluations (training, or the whole chain), the wall time (training phases,
+or the chain) and the time to draw the 2,000 samples. Writes
+``bench/results/baselines_<system>.json`` and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ from adjoint_core.mcmc.samplers import run_mcmc
 from adjoint_core.plugins.registry import default_registry
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_path(name: str) -> Path:
+    """``examples/<name>.yaml`` (the canonical configs), else ``bench/configs/<name>.yaml``."""
+    canonical = ROOT / "examples" / f"{name}.yaml"
+    return canonical if canonical.is_file() else ROOT / "bench" / "configs" / f"{name}.yaml"
 METHODS = ("as", "idem", "mcmc_matched", "mcmc_reference")
 
 
@@ -49,7 +55,7 @@ def _evaluate(x, ref, energy, space, n, geo) -> dict:
 def _trained(system: str, kind: str, epochs: int | None, ref, n: int, geo: int,
              run_root: Path) -> dict:
     name = f"{system}_cpu" if kind == "as" else f"{system}_idem"
-    cfg_path = ROOT / "examples" / f"{name}.yaml"
+    cfg_path = config_path(name)
     cfg = load_config(cfg_path)
     if epochs is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"n_epochs": epochs})})
@@ -78,7 +84,7 @@ def _trained(system: str, kind: str, epochs: int | None, ref, n: int, geo: int,
 
 
 def _mcmc_matched(system: str, budget: int, chains: int, ref, n: int, geo: int) -> dict:
-    cfg = load_mcmc_config(ROOT / "examples" / f"{system}_mcmc.yaml")
+    cfg = load_mcmc_config(config_path(f"{system}_mcmc"))
     reg = default_registry()
     space = reg.build("space", cfg.space.name, cfg.space.params)
     energy = reg.build("energy", cfg.energy.name, cfg.energy.params, space=space)
@@ -100,7 +106,7 @@ def _mcmc_matched(system: str, budget: int, chains: int, ref, n: int, geo: int) 
 
 def _mcmc_reference(system: str, ref, n: int, geo: int, run_root: Path,
                     reuse: str | None) -> dict:
-    cfg_path = ROOT / "examples" / f"{system}_mcmc.yaml"
+    cfg_path = config_path(f"{system}_mcmc")
     cfg = load_mcmc_config(cfg_path)
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"reference": None})})
     if reuse:  # samples and report of an earlier `adjoint-core mcmc` run of this config
@@ -156,7 +162,7 @@ def main() -> None:
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
-    cfg = load_mcmc_config(ROOT / "examples" / f"{args.system}_mcmc.yaml")
+    cfg = load_mcmc_config(config_path(f"{args.system}_mcmc"))
     reg = default_registry()
     space = reg.build("space", cfg.space.name, cfg.space.params)
     ref_path = ROOT / "examples" / cfg.eval.reference

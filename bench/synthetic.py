@@ -2,13 +2,17 @@
 
 Usage (from the repository root)::
 
-    .venv/bin/python bench/synthetic.py dw4 --budget cpu      # examples/dw4_cpu.yaml
-    .venv/bin/python bench/synthetic.py lj13 --budget paper   # examples/lj13_paper.yaml (GPU-sized)
+    .venv/bin/python bench/synthetic.py dw4 --budget cpu      # bench/configs/dw4_cpu.yaml
+    .venv/bin/python bench/synthetic.py lj13 --budget paper   # bench/configs/lj13_paper.yaml (GPU)
     .venv/bin/python bench/synthetic.py gmm40 --budget cpu --epochs 2   # quick smoke run
+    .venv/bin/python bench/synthetic.py dw4 --config examples/dw4_cpu_reweight_sde400.yaml
+
+``--budget B`` runs ``<system>_<B>.yaml`` from ``examples/``, else from ``bench/configs/``.
 
 Protocol (fixed): after training, 2,000 samples are drawn with a fixed generator and compared
-with 2,000 reference samples (a seeded subset of ``../shared/data/particles/<system>_val.npy``;
-GMM-40: exact samples of the mixture). Reported: energy W2; geometric W2 with the papers'
+with 2,000 reference samples (a seeded subset of the config's ``eval.reference``, e.g. the
+registered ``dw4_val`` / ``lj13_val`` sets of adjoint-core-particles; GMM-40: exact samples of
+the mixture). Reported: energy W2; geometric W2 with the papers'
 protocol and with the invariant protocol on all 2,000 (particles), or Euclidean W2 (GMM-40);
 path ESS of the 2,000 simulated paths; for mixtures (GMM-40) the modes visited and the
 total-variation distance of the mode weights from uniform; energy evaluations, model
@@ -30,12 +34,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adjoint_core.evaluation import metrics
 from adjoint_core.app.config import load_config
 from adjoint_core.app.run import _reference_for, evaluate_samples, load_run, train_run
+from adjoint_core.evaluation import metrics
 from adjoint_core.evaluation.importance import importance_resample
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_path(name: str) -> Path:
+    """``examples/<name>.yaml`` (the canonical configs), else ``bench/configs/<name>.yaml``."""
+    canonical = ROOT / "examples" / f"{name}.yaml"
+    return canonical if canonical.is_file() else ROOT / "bench" / "configs" / f"{name}.yaml"
 
 
 def main() -> None:
@@ -44,7 +54,8 @@ def main() -> None:
     p.add_argument("--budget", choices=["cpu", "paper"], default="cpu")
     p.add_argument("--epochs", type=int, default=None, help="override train.n_epochs")
     p.add_argument("--config", default=None,
-                   help="config YAML (default examples/<system>_<budget>.yaml); results and "
+                   help="config YAML (default <system>_<budget>.yaml in examples/, else in "
+                        "bench/configs/); results and "
                         "the run directory are then named after its file name")
     p.add_argument("--n-samples", type=int, default=2000)
     p.add_argument("--out", default=None, help="JSON path (default bench/results/...)")
@@ -66,14 +77,14 @@ def main() -> None:
     args = p.parse_args()
 
     name = Path(args.config).stem if args.config else f"{args.system}_{args.budget}"
-    cfg_path = Path(args.config).resolve() if args.config else ROOT / "examples" / f"{name}.yaml"
+    cfg_path = Path(args.config).resolve() if args.config else config_path(name)
     cfg = load_config(cfg_path)
     if args.epochs is not None:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
             update={"n_epochs": args.epochs})})
-    if cfg.eval.reference:  # resolve against examples/ like the CLI does
+    if cfg.eval.reference:  # a file beside the config, like the CLI (else a registered name)
         ref = Path(cfg.eval.reference)
-        if not ref.is_absolute() and not ref.exists():
+        if not ref.is_absolute() and not ref.exists() and (cfg_path.parent / ref).is_file():
             cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(
                 update={"reference": str((cfg_path.parent / ref).resolve())})})
     if not cfg.eval.reference:  # generated references (e.g. LJ-55 from `adjoint-core mcmc`)

@@ -1,10 +1,10 @@
 """Radial distribution function g(r) of a periodic Lennard-Jones fluid: Adjoint Sampling vs MCMC.
 
-Steps: (a) train ``examples/lj_periodic.yaml`` with ``adjoint_core.run.train_run`` (or reuse a
+Steps: (a) train ``examples/lj_periodic.yaml`` with ``adjoint_core.app.run.train_run`` (or reuse a
 finished run directory), (b) draw samples from the trained sampler, (c) run a long MALA chain
 ensemble of the same energy (``adjoint_core.mcmc.run_mcmc``) from non-overlapping random
 starts, (d) compute g(r) of both with minimum-image distances
-(``adjoint_core.periodic.radial_distribution``), (e) write ``gr.json``, ``gr.npz`` and one
+(``adjoint_core.problem.periodic.radial_distribution``), (e) write ``gr.json``, ``gr.npz`` and one
 figure ``gr.png`` (g(r) of both, and their energy histograms) into the run directory.
 
 Usage (from the repository root)::
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adjoint_core import metrics
-from adjoint_core.config import load_config
-from adjoint_core.mcmc import run_mcmc
-from adjoint_core.periodic import radial_distribution
-from adjoint_core.run import load_run, train_run
+from adjoint_core.evaluation import metrics
+from adjoint_core.app.config import load_config
+from adjoint_core.app.run import load_run, train_run
+from adjoint_core.mcmc.samplers import run_mcmc
+from adjoint_core.problem.periodic import radial_distribution
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -2,12 +2,14 @@ import numpy as np
 import pytest
 import torch
 from adjoint_core_particles import (
+    PACKAGED_REFERENCES,
     REFERENCE_FILES,
     dw4,
     find_reference,
     lj13,
     load_named_reference,
     load_reference,
+    packaged_reference_path,
 )
 from adjoint_core_particles.reference import DATA_ENV_VAR
 
@@ -71,10 +73,49 @@ def test_find_reference_unknown_name():
 
 def _require(name):
     path = find_reference(name)
-    if path is None:
-        pytest.skip(f"reference file {REFERENCE_FILES[name]} not found "
-                    f"(set ${DATA_ENV_VAR} or provide ../shared/data/particles)")
+    assert path is not None, f"{name}: the package data should always be found"
     return path
+
+
+def test_packaged_sets_ship_with_the_package():
+    assert set(PACKAGED_REFERENCES) == {"dw4_val", "lj13_val"}
+    for name, shape in (("dw4_val", (10000, 8)), ("lj13_val", (10000, 39))):
+        path = packaged_reference_path(name)
+        assert path.is_file() and path.parent.name == "data"
+        arr = np.load(path)
+        assert arr.shape == shape and arr.dtype == np.float32 and np.isfinite(arr).all()
+    data = packaged_reference_path("dw4_val").parent
+    assert "jarridrb/DEM" in (data / "README.md").read_text()
+    assert "MIT License" in (data / "LICENSE-DEM.txt").read_text()
+    with pytest.raises(ValueError, match="packaged: dw4_val, lj13_val"):
+        packaged_reference_path("dw4")
+
+
+def test_find_reference_prefers_the_package_data(monkeypatch, tmp_path):
+    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)  # no shared/ folder anywhere near
+    assert find_reference("dw4") == packaged_reference_path("dw4_val")
+    assert find_reference("lj13") == packaged_reference_path("lj13_val")
+
+
+def test_plugin_registers_the_packaged_sets():
+    from adjoint_core.plugins.registry import Registry
+
+    reg = Registry()
+    assert {"dw4_val", "lj13_val"} <= set(reg.names("reference"))
+    entry = reg.get("reference", "dw4_val")
+    assert entry.distribution == "adjoint-core-particles" and entry.plugin == "particles"
+    assert entry.target == str(packaged_reference_path("dw4_val"))
+
+
+def test_config_loader_reads_a_registered_name():
+    from adjoint_core import EuclideanSpace
+    from adjoint_core.app.run import load_reference as load_run_reference
+
+    x = load_run_reference("dw4_val", EuclideanSpace(4, 2, mean_free=True))
+    assert x.shape == (10000, 4, 2)
+    assert x.mean(dim=1).abs().max() < 1e-4  # projected onto the mean-free subspace
+    assert dw4().energy(x.double()).mean().item() == pytest.approx(-22.4, abs=0.3)
 
 
 def test_dw4_reference_mean_energy():
