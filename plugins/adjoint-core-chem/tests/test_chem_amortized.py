@@ -1,32 +1,53 @@
-"""Amortized training over molecules of different sizes, the CLI commands, and the model."""
+"""Amortized conformer training on the core trainer (problem ``molecules``), the commands, and
+the model: resume, SIGKILL + restart bit-for-bit, weights-only checkpoints, torchrun."""
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from adjoint_core_chem.amortized import (
-    AmortizedConformerSampler,
-    load_amortized,
-    load_chem_config,
-    train_amortized,
-)
+import yaml
 from adjoint_core_chem.model import MolecularEGNN
 from adjoint_core_chem.molecule import mol_from_smiles
 from rdkit import Chem
 
-from adjoint_core.cli import main
-from adjoint_core.registry import ConfigError
+from adjoint_core.app.checkpoint import CheckpointError, load_checkpoint
+from adjoint_core.app.cli import main
+from adjoint_core.app.config import load_config
+from adjoint_core.app.run import build_trainer, load_run, train_run
+from adjoint_core.plugins.registry import ConfigError
+
+#: A tiny amortized Cartesian run: 3 molecules, 2 visited per epoch, 2 warm-up epochs.
+CHEM = {
+    "seed": 3,
+    "problem": {"name": "molecules", "smiles": ["CCO", "CCCO", "CCCC"]},
+    "schedule": {"name": "geometric", "sigma_min": 0.001, "sigma_max": 1.0},
+    "model": {"name": "molecular_egnn", "hidden": 8, "n_layers": 2, "time_dim": 4},
+    "buffer": {"name": "fifo", "capacity": 64},
+    "train": {"n_epochs": 10, "warmup_epochs": 3, "samples_per_epoch": 8,
+              "targets_per_epoch": 2, "targets_per_step": 2, "train_batch_size": 8,
+              "grad_steps_per_epoch": 8, "n_sde_steps": 20, "lr": 3e-4,
+              "max_grad_norm": 150.0},
+    "checkpoint_every": 1,
+}
 
 
 def _config(smiles_file, **train):
-    t = {"n_epochs": 3, "pretrain_epochs": 1, "molecules_per_epoch": 2,
-         "conformers_per_molecule": 4, "grad_steps_per_epoch": 2, "molecules_per_step": 2,
-         "batch_per_molecule": 4, "buffer_per_molecule": 16, "n_sde_steps": 4}
+    t = {"n_epochs": 3, "warmup_epochs": 1, "targets_per_epoch": 2, "samples_per_epoch": 4,
+         "grad_steps_per_epoch": 2, "targets_per_step": 2, "train_batch_size": 4,
+         "n_sde_steps": 4, "max_grad_norm": 150.0}
     t.update(train)
-    return {"kind": "chem_amortized", "seed": 0,
-            "molecules": {"smiles_file": str(smiles_file), "max_molecules": 3},
-            "model": {"hidden": 8, "n_layers": 2, "time_dim": 4}, "train": t}
+    return {"seed": 0,
+            "problem": {"name": "molecules", "smiles_file": str(smiles_file),
+                        "max_molecules": 3},
+            "model": {"name": "molecular_egnn", "hidden": 8, "n_layers": 2, "time_dim": 4},
+            "buffer": {"name": "fifo", "capacity": 16}, "train": t}
 
 
 @pytest.fixture
@@ -58,25 +79,29 @@ def test_model_equivariance_and_any_size():
 
 def test_train_resume_and_conformers_cli(tmp_path, smiles_file, capsys):
     run = tmp_path / "run"
-    rec = train_amortized(_config(smiles_file, n_epochs=2), run, log=lambda *a: None)
-    assert rec["n_molecules"] == 3 and len(rec["skipped"]) == 2  # broken SMILES, Si
-    assert {s["reason"].split(":")[0] for s in rec["skipped"]} == {"molecule 'broken'",
-                                                                 "molecule 'tms'"}
+    rec = train_run(load_config(_config(smiles_file, n_epochs=2)), run, progress=False,
+                    log=lambda *a: None)
+    info = rec["problem"]
+    assert info["n_molecules"] == 3 and len(info["skipped"]) == 2  # broken SMILES, Si
+    assert {s["reason"].split(":")[0] for s in info["skipped"]} == {"molecule 'broken'",
+                                                                  "molecule 'tms'"}
+    assert info["molecule_atoms"] == {"etoh": 9, "propylamine": 13, "meac": 11}
     h = rec["history"]
-    assert [r["phase"] for r in h] == ["warm-up", "adjoint"]
+    assert [r.get("stage") for r in h] == ["warm-up", None]
     assert h[0]["energy_evals"] == 0 and h[1]["energy_evals"] == 8
     assert math.isfinite(h[1]["loss"])
-    assert (run / "checkpoints" / "warmup.pt").exists()
-    # resume to epoch 3 in the same directory
-    rec = train_amortized(_config(smiles_file, n_epochs=3), run, log=lambda *a: None)
-    assert rec["stopped_at_epoch"] == 3 and len(rec["history"]) == 3
-    assert [la["from_epoch"] for la in rec["launches"]] == [0, 2]
+    # resume to epoch 3 in the same directory (a longer budget is allowed)
+    rec = train_run(load_config(_config(smiles_file, n_epochs=3)), run, progress=False,
+                    log=lambda *a: None)
+    assert rec["counters"]["epoch"] == 3 and len(rec["history"]) == 3
+    assert [r["loss"] for r in rec["history"][:2]] == [r["loss"] for r in h]
     other = _config(smiles_file, n_epochs=3)
     other["model"]["hidden"] = 4
-    with pytest.raises(ConfigError, match="different config"):
-        train_amortized(other, run, log=lambda *a: None)
-    model, schedule, cfg = load_amortized(run)
-    assert isinstance(model, MolecularEGNN) and cfg.train.n_epochs == 3
+    with pytest.raises(CheckpointError, match="another configuration"):
+        train_run(load_config(other), run, progress=False, log=lambda *a: None)
+    trainer = load_run(run)
+    assert isinstance(trainer.model, MolecularEGNN) and trainer.counters["epoch"] == 3
+    torch.load(run / "checkpoints" / "latest.pt", weights_only=True)
 
     smi = tmp_path / "gen.smi"
     smi.write_text("CCO ethanol\nC1CC broken\n[Na+].[Cl-] salt\nCC(=O)N acetamide\n")
@@ -95,20 +120,28 @@ def test_train_resume_and_conformers_cli(tmp_path, smiles_file, capsys):
     assert math.isfinite(mols[0].GetDoubleProp("energy_mmff_kcal_mol"))
 
 
-def test_sampler_requires_molecules_and_config_errors(tmp_path, smiles_file):
-    cfg, _ = load_chem_config(_config(smiles_file))
-    with pytest.raises(ValueError, match="at least one molecule"):
-        AmortizedConformerSampler([], cfg)
+def test_problem_errors_paths_and_make_target(tmp_path, smiles_file, monkeypatch):
     with pytest.raises(ConfigError, match="train.n_sde_steps"):
-        load_chem_config(_config(smiles_file, n_sde_steps=0))
-    with pytest.raises(ConfigError, match="not an amortized chemistry run"):
-        load_amortized(tmp_path)
+        load_config(_config(smiles_file, n_sde_steps=0))
+    missing = _config(tmp_path / "nope.tsv")
+    with pytest.raises(ConfigError, match="file not found"):
+        build_trainer(load_config(missing))
+    both = _config(smiles_file)
+    both["problem"]["smiles"] = ["CCO"]
+    with pytest.raises(ConfigError, match="not both"):
+        build_trainer(load_config(both))
+    # a relative smiles_file is read from the working directory
+    monkeypatch.chdir(smiles_file.parent)
+    trainer = build_trainer(load_config(_config(smiles_file.name)))
+    assert [t.name for t in trainer.targets] == ["etoh", "propylamine", "meac"]
+    # a new molecule with the same settings, sampled by the (untrained) network
+    tg = trainer.problem.make_target("CCCCO")
+    assert tg.info["smiles"] == "CCCCO" and tg.space.event_shape == (15, 3)
+    assert trainer.sample(2, target=tg).shape == (2, 15, 3)
+    assert trainer.targets[0].data(2, 0).shape == (2, 9, 3)
 
 
 def test_single_molecule_core_run_from_registry():
-    from adjoint_core.config import load_config
-    from adjoint_core.run import build_sampler
-
     cfg = load_config({
         "energy": {"name": "mmff", "smiles": "CCO"},
         "space": {"name": "euclidean", "n_particles": 9, "spatial_dim": 3, "mean_free": True},
@@ -116,10 +149,83 @@ def test_single_molecule_core_run_from_registry():
                   "time_dim": 4},
         "train": {"n_epochs": 1, "samples_per_epoch": 8, "grad_steps_per_epoch": 2,
                   "train_batch_size": 8, "n_sde_steps": 4, "max_grad_norm": 150.0}})
-    sampler = build_sampler(cfg)
+    sampler = build_trainer(cfg)
     row = sampler.train_epoch()
     assert row["energy_evals"] == 8 and math.isfinite(row["loss"])
     bad = cfg.model_copy(deep=True)
     bad.space = bad.space.model_copy(update={"n_particles": 5})
     with pytest.raises(Exception, match="9 atoms"):
-        build_sampler(bad)
+        build_trainer(bad)
+
+
+# ---------------------------------------------------------------- crash, resume, torchrun
+def _cmd(cfg, out):
+    return [sys.executable, "-m", "adjoint_core.app.cli", "train", str(cfg), "--out", str(out),
+            "--no-progress"]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def kill_and_resume(cfg_dict: dict, tmp_path: Path, kill_at=(2, 5)) -> tuple[dict, dict]:
+    """Train straight, and killed by SIGKILL after epochs ``kill_at`` then restarted.
+
+    Returns:
+        The final checkpoint states of the two runs.
+    """
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(cfg_dict))
+    subprocess.run(_cmd(cfg, tmp_path / "straight"), env=_env(), check=True,
+                   capture_output=True)
+    run = tmp_path / "killed"
+    ckpt = run / "checkpoints" / "latest.pt"
+    for target_epoch in kill_at:
+        proc = subprocess.Popen(_cmd(cfg, run), env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if ckpt.exists() and load_checkpoint(ckpt)["state"]["counters"]["epoch"] \
+                    >= target_epoch:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        load_checkpoint(ckpt)  # still a valid checkpoint after the kill
+    subprocess.run(_cmd(cfg, run), env=_env(), check=True, capture_output=True)
+    return (load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.pt")["state"],
+            load_checkpoint(ckpt)["state"])
+
+
+def test_sigkill_and_resume_is_bit_for_bit(tmp_path):
+    a, b = kill_and_resume(CHEM, tmp_path)
+    assert a["counters"] == b["counters"] and a["counters"]["epoch"] == 10
+    assert a["counters"]["energy_evals"] == 7 * 2 * 8  # 7 epochs after the warm-up
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for buf_a, buf_b in zip(a["buffers"], b["buffers"], strict=True):
+        for k in buf_a["data"]:
+            assert torch.equal(buf_a["data"][k], buf_b["data"][k]), k
+    # plain tensors and containers: loads without unpickling code
+    state = torch.load(tmp_path / "killed" / "checkpoints" / "latest.pt", weights_only=True)
+    assert "warmup" in state["state"]
+
+
+@pytest.mark.skipif(not (torch.distributed.is_available()
+                         and torch.distributed.is_gloo_available()),
+                    reason="torch.distributed with gloo is needed")
+def test_torchrun_two_processes(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**CHEM, "train": {**CHEM["train"], "n_epochs": 4}}))
+    run = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+           "2", *_cmd(cfg, run)[1:]]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    d = json.loads((run / "metrics.json").read_text())["distributed"]
+    assert d["world_size"] == 2 and d["parameters_in_sync"]
+    state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["state"]
+    assert state["counters"]["epoch"] == 4 and state["counters"]["energy_evals"] == 2 * 8

@@ -7,9 +7,12 @@ Modules (see each docstring):
 - :mod:`adjoint_core_chem.energy`: MMFF94 (RDKit) and GFN2-xTB (tblite) energies in kcal/mol,
   the bond-structure regulariser;
 - :mod:`adjoint_core_chem.model`: the graph-conditioned molecular EGNN;
-- :mod:`adjoint_core_chem.amortized`: amortized training over many molecules;
+- :mod:`adjoint_core_chem.problem`: the ``molecules`` problem (one target per molecule) for
+  amortized training with the core trainer;
+- :mod:`adjoint_core_chem.torsion`: torsional coordinates (rotatable bonds, torsions →
+  Cartesian, chain rule);
 - :mod:`adjoint_core_chem.metrics`: coverage / AMR with symmetry-aware heavy-atom RMSD;
-- :mod:`adjoint_core_chem.commands`: the ``chem-train`` and ``conformers`` commands.
+- :mod:`adjoint_core_chem.commands`: the ``chem-train`` alias and the ``conformers`` command.
 """
 
 from __future__ import annotations

@@ -1,12 +1,20 @@
 """``adjoint-core`` sub-commands of the chemistry plugin: ``chem-train`` and ``conformers``.
 
-``adjoint-core chem-train CONFIG --out RUN_DIR`` trains (or resumes) an amortized sampler
-(:mod:`adjoint_core_chem.amortized`).
+``adjoint-core chem-train CONFIG --out RUN_DIR`` is an alias of ``adjoint-core train CONFIG
+--out RUN_DIR`` (amortized runs are ordinary core runs of the ``molecules`` problem, see
+:mod:`adjoint_core_chem.problem`); it only also sets the number of torch threads.
 
 ``adjoint-core conformers RUN_DIR --smiles-file FILE --num-conformers K --out DIR
-[--relax none|mmff|xtb]`` writes ``DIR/<name>.sdf`` per molecule: K conformers with hydrogens,
-each with the properties ``conformer_id``, ``energy_mmff_kcal_mol`` (and
-``energy_xtb_kcal_mol`` after an xTB relaxation) and ``relaxed``. Molecules that cannot be
+[--relax none|mmff|xtb]`` loads any run directory whose problem can make a target for a new
+molecule (:func:`adjoint_core.app.run.load_run`, ``trainer.problem.make_target``: the chemistry
+plugin's ``molecules``, the torsion plugin's ``torsional_molecules``, or a plugin's own), samples
+K states with ``trainer.sample(K, target=...)`` and turns them into Cartesian coordinates with
+the target's ``info["to_positions"]`` when it has one (states that are already coordinates
+otherwise; a target with ``info["fixed_positions"]`` has nothing to sample and returns that
+geometry K times). It writes ``DIR/<name>.sdf`` per molecule: K conformers with hydrogens, each
+with the properties ``conformer_id``, ``energy_mmff_kcal_mol`` (and ``energy_xtb_kcal_mol``
+after an xTB relaxation), ``relaxed`` and, when the target names one in
+``info["state_property"]``, the sampled state (e.g. ``torsions_rad``). Molecules that cannot be
 parsed, have an unsupported element or cannot be typed by MMFF are skipped and reported (in the
 output and in ``DIR/summary.json``); the others are still written. Exit status 0 when every
 molecule succeeded, 1 when none did, 2 when some were skipped.
@@ -23,11 +31,12 @@ from pathlib import Path
 import torch
 from rdkit import Chem
 
-from .amortized import load_amortized, sample_conformers, train_amortized
+from adjoint_core.plugins.registry import ConfigError
+
 from .energy import MMFFEnergy, XTBEnergy
 from .molecule import Molecule, MoleculeError, mol_from_smiles, read_smiles_file
 
-__all__ = ["add_commands", "generate_for_molecule", "write_sdf"]
+__all__ = ["add_commands", "generate_for_molecule", "sample_conformers", "write_sdf"]
 
 
 def _safe(name: str) -> str:
@@ -51,7 +60,50 @@ def write_sdf(path: Path, molecule: Molecule, positions: torch.Tensor,
             writer.write(mol, confId=conf.GetId())
 
 
-def generate_for_molecule(model, schedule, molecule: Molecule, k: int, n_steps: int,
+def sample_conformers(trainer, molecule: Molecule, k: int, n_steps: int | None = None,
+                      seed: int = 0, batch_size: int = 256
+                      ) -> tuple[torch.Tensor, dict[str, list]]:
+    """``k`` conformers of a (new) molecule from a trained run, in Å.
+
+    Args:
+        trainer: A trained :class:`~adjoint_core.training.trainer.Trainer` (e.g. from
+            :func:`adjoint_core.app.run.load_run`) whose problem has ``make_target``.
+        molecule: The molecule.
+        k: Number of conformers.
+        n_steps: Euler–Maruyama steps (default: the training value).
+        seed: Seed of the sampling generator.
+        batch_size: Paths simulated at once.
+
+    Returns:
+        ``(positions (k, N, 3) float32, properties {name: [k values]})``; the properties hold
+        the sampled states under the target's ``info["state_property"]`` when it names one.
+
+    Raises:
+        ConfigError: The run's problem cannot make targets for new molecules.
+        MoleculeError: The problem cannot build a target for this molecule.
+    """
+    make_target = trainer.problem.make_target
+    if make_target is None:
+        raise ConfigError("this run's problem cannot make a target for a new molecule (train "
+                          "with problem: molecules or torsional_molecules)")
+    target = make_target(molecule)
+    info = target.info or {}
+    if "fixed_positions" in info:  # nothing to sample (e.g. no rotatable bond)
+        ref = torch.as_tensor(info["fixed_positions"]).float()
+        return ref.expand(k, -1, -1).clone(), {}
+    gen = torch.Generator(device=trainer.device).manual_seed(seed)
+    x = trainer.sample(k, n_steps=n_steps, batch_size=batch_size, generator=gen,
+                       target=target).cpu()
+    props: dict[str, list] = {}
+    if info.get("state_property"):
+        props[info["state_property"]] = [" ".join(f"{v:.4f}" for v in row)
+                                         for row in x.reshape(k, -1).tolist()]
+    to_positions = info.get("to_positions")
+    pos = to_positions(x.double()) if to_positions is not None else x
+    return pos.float(), props
+
+
+def generate_for_molecule(trainer, molecule: Molecule, k: int, n_steps: int | None = None,
                           relax: str = "none", relax_steps: int = 200, seed: int = 0,
                           batch_size: int = 256) -> tuple[torch.Tensor, dict[str, list]]:
     """Generate ``k`` conformers, optionally relax them, and compute their energies.
@@ -63,9 +115,8 @@ def generate_for_molecule(model, schedule, molecule: Molecule, k: int, n_steps: 
         MoleculeError: MMFF cannot type the molecule.
     """
     mmff = MMFFEnergy(molecule)
-    gen = torch.Generator().manual_seed(seed)
-    x = sample_conformers(model, molecule, k, schedule, n_steps, gen, batch_size)
-    props: dict[str, list] = {"conformer_id": list(range(k)), "relaxed": [relax] * k}
+    x, extra = sample_conformers(trainer, molecule, k, n_steps, seed, batch_size)
+    props: dict[str, list] = {"conformer_id": list(range(k)), "relaxed": [relax] * k, **extra}
     if relax == "mmff":
         x = mmff.minimize(x, max_iters=relax_steps)
     elif relax == "xtb":
@@ -77,24 +128,22 @@ def generate_for_molecule(model, schedule, molecule: Molecule, k: int, n_steps: 
 
 
 def _run_conformers(args: argparse.Namespace) -> int:
-    if (Path(args.run_dir) / "torsion_config.yaml").is_file():  # adjoint-core-torsion run
-        from adjoint_core_torsion.commands import run_conformers
+    from adjoint_core.app.run import load_run
 
-        return run_conformers(args)
-    model, schedule, cfg = load_amortized(args.run_dir)
     torch.set_num_threads(max(1, args.threads))
+    trainer = load_run(args.run_dir)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = read_smiles_file(args.smiles_file)
     if args.limit:
         rows = rows[:args.limit]
-    n_steps = args.n_sde_steps or cfg.train.n_sde_steps
+    n_steps = args.n_sde_steps or trainer.settings.n_sde_steps
     done, skipped = [], []
     for idx, (name, smi) in enumerate(rows):
         t0 = time.perf_counter()
         try:
             mol = mol_from_smiles(smi, name)
-            x, props = generate_for_molecule(model, schedule, mol, args.num_conformers, n_steps,
+            x, props = generate_for_molecule(trainer, mol, args.num_conformers, n_steps,
                                              args.relax, args.relax_steps, args.seed + idx,
                                              args.batch_size)
         except (MoleculeError, RuntimeError) as exc:
@@ -105,7 +154,7 @@ def _run_conformers(args: argparse.Namespace) -> int:
         write_sdf(path, mol, x, props)
         e = torch.tensor(props["energy_mmff_kcal_mol"])
         done.append({"name": name, "smiles": smi, "sdf": str(path), "n_conformers": len(x),
-                     "min_energy_mmff": float(e.nanquantile(0.0)) if e.isfinite().any()
+                     "min_energy_mmff": float(e[e.isfinite()].min()) if e.isfinite().any()
                      else None, "seconds": time.perf_counter() - t0})
         print(f"{name}: {len(x)} conformers -> {path} ({done[-1]['seconds']:.1f} s)")
     (out / "summary.json").write_text(json.dumps(
@@ -120,24 +169,26 @@ def _run_conformers(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from adjoint_core.app.cli import main
+
     torch.set_num_threads(max(1, args.threads))
-    rec = train_amortized(args.config, args.out)
-    print(f"trained to epoch {rec['stopped_at_epoch']}; run directory {args.out}")
-    return 0
+    return main(["train", args.config, "--out", args.out]
+                + (["--no-progress"] if args.no_progress else []))
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``chem-train`` and ``conformers`` to the ``adjoint-core`` command line."""
-    p = subparsers.add_parser("chem-train", help="train an amortized conformer sampler "
-                              "(chemistry plugin)")
-    p.add_argument("config", help="chemistry YAML config (kind: chem_amortized)")
+    p = subparsers.add_parser("chem-train", help="alias of `train` with a torch thread count "
+                              "(amortized conformer configs: problem: {name: molecules})")
+    p.add_argument("config", help="run config (YAML), as for `adjoint-core train`")
     p.add_argument("--out", required=True, help="run directory (resumed if it exists)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
     c = subparsers.add_parser("conformers", help="generate conformers from SMILES with a "
                               "trained amortized sampler (one SDF per molecule)")
-    c.add_argument("run_dir", help="run directory of `adjoint-core chem-train`")
+    c.add_argument("run_dir", help="run directory of `adjoint-core train` (a molecular problem)")
     c.add_argument("--smiles-file", required=True,
                    help="TSV with a SMILES column, or lines 'SMILES [name]'")
     c.add_argument("--num-conformers", type=int, required=True, help="conformers per molecule")

@@ -6,10 +6,14 @@ Registered:
   ``energy: {name: mmff, smiles: "CCO", temperature: 0.596, regularize: true}``) on a
   ``euclidean`` space with ``n_particles`` = the molecule's atom count (hydrogens included),
   ``spatial_dim: 3``, ``mean_free: true``;
-* model ``molecular_egnn``: :class:`~adjoint_core_chem.model.MolecularEGNN` bound to the
-  context of ``smiles`` (single-molecule runs of the core loop);
-* commands ``chem-train`` (amortized training over many molecules) and ``conformers``
-  (SDF files from SMILES), see :mod:`adjoint_core_chem.commands`.
+* energy ``torsional``: either energy at the torsion angles of ``smiles``;
+* model ``molecular_egnn``: :class:`~adjoint_core_chem.model.MolecularEGNN`; bound to the
+  context of ``smiles`` when given (single-molecule runs), else the bare network that takes
+  each target's context (amortized runs);
+* problem ``molecules``: one target per molecule of a SMILES file (amortized training with
+  ``adjoint-core train``, :mod:`adjoint_core_chem.problem`);
+* commands ``chem-train`` (an alias of ``adjoint-core train``) and ``conformers`` (SDF files
+  from SMILES with any trained run directory), see :mod:`adjoint_core_chem.commands`.
 """
 
 from __future__ import annotations
@@ -72,9 +76,19 @@ class BoundContextModel(Model):
         return self.net(t, x, context or self.context)
 
 
-def molecular_egnn(smiles: str, hidden: int = 64, n_layers: int = 4, time_dim: int = 16,
-                   space: StateSpace | None = None) -> BoundContextModel:
-    """Registry factory: :class:`MolecularEGNN` bound to the molecule ``smiles``."""
+def molecular_egnn(smiles: str | None = None, hidden: int = 64, n_layers: int = 4,
+                   time_dim: int = 16, space: StateSpace | None = None
+                   ) -> MolecularEGNN | BoundContextModel:
+    """Registry factory: :class:`MolecularEGNN`, bound to the molecule ``smiles`` if given.
+
+    Without ``smiles`` the bare network is returned; it is called with each target's context
+    (the ``molecules`` problem).
+    """
+    if smiles is None:
+        net = MolecularEGNN(hidden, n_layers, time_dim)
+        if space is not None:
+            net.check_space(space)
+        return net
     mol = _checked(smiles, space)
     return BoundContextModel(MolecularEGNN(hidden, n_layers, time_dim), mol.context())
 
@@ -89,15 +103,21 @@ def register_energies() -> dict:
 
 @hookimpl
 def register_models() -> dict:
-    """``molecular_egnn`` (EGNN) and ``molecular_torsion_net``, bound to one molecule."""
-    from .torsion import molecular_torsion_net
+    """``molecular_egnn``: the graph-conditioned EGNN (bound to one molecule or bare)."""
+    return {"molecular_egnn": molecular_egnn}
 
-    return {"molecular_egnn": molecular_egnn, "molecular_torsion_net": molecular_torsion_net}
+
+@hookimpl
+def register_problems() -> dict:
+    """``molecules``: one Cartesian target per molecule (:mod:`adjoint_core_chem.problem`)."""
+    from .problem import molecules
+
+    return {"molecules": molecules}
 
 
 @hookimpl
 def register_commands(subparsers: argparse._SubParsersAction) -> None:
-    """``chem-train`` and ``conformers``."""
+    """``chem-train`` (alias of ``train``) and ``conformers``."""
     from .commands import add_commands
 
     add_commands(subparsers)

@@ -22,9 +22,10 @@ generic :class:`~adjoint_core.problem.torsional.TorsionalSpace`:
   batched.
 * **Chain rule** (:func:`torsion_gradient`): ``∂E/∂τ = J(τ)ᵀ ∇_x E`` by a vector–Jacobian
   product through the map (exact for any Cartesian energy).
-* :class:`TorsionalEnergy`: any Cartesian molecular :class:`~adjoint_core.problem.energy.Energy` (MMFF,
-  xTB, eSEN, …) evaluated at ``x(τ)``, with event shape ``(K,)``, the same temperature and the
-  torsional gradient from the chain rule; one Cartesian evaluation per state.
+* :class:`TorsionalEnergy`: any Cartesian molecular
+  :class:`~adjoint_core.problem.energy.Energy` (MMFF, xTB, eSEN, …) evaluated at ``x(τ)``,
+  with event shape ``(K,)``, the same temperature and the torsional gradient from the chain
+  rule; one Cartesian evaluation per state.
 
 Usage::
 
@@ -55,7 +56,7 @@ from .molecule import Molecule, MoleculeError
 
 __all__ = ["ROTATABLE_SMARTS", "find_torsions", "dihedral", "rotate_torsions",
            "torsion_gradient", "MoleculeTorsions", "TorsionalEnergy", "cached_torsions",
-           "torsional_energy", "molecular_torsion_net"]
+           "torsional_energy"]
 
 #: Rotatable bonds: single, acyclic, both atoms non-terminal, neither in a triple bond.
 ROTATABLE_SMARTS = "[!$(*#*)&!D1]-&!@[!$(*#*)&!D1]"
@@ -399,27 +400,3 @@ def torsional_energy(smiles: str, kind: str = "mmff", temperature: float | None 
     cart = make_energy(tors.molecule, kind, KT_300K if temperature is None else temperature,
                        regularize, alpha)
     return tors.energy(cart)
-
-
-def molecular_torsion_net(smiles: str, reference_seed: int = 0, relax: bool = True,
-                          hidden: int = 32, n_layers: int = 3, time_dim: int = 16,
-                          cutoff: float = 5.0, n_rbf: int = 16, output_scale: float = 10.0,
-                          space=None):
-    """Registry factory ``molecular_torsion_net``: a bound torsion network for one molecule.
-
-    The torsion plugin's :class:`~adjoint_core_torsion.model.TorsionNet` with the torsional
-    context of ``smiles`` bound (single-molecule runs of the core loop).
-
-    Raises:
-        ImportError: adjoint-core-torsion is not installed.
-    """
-    from adjoint_core_torsion import TorsionNet
-
-    from .molecule import N_ATOM_FEATURES, N_PAIR_FEATURES
-    from .plugin import BoundContextModel
-
-    tors = cached_torsions(smiles, reference_seed, relax)
-    _check_space(tors, space)
-    net = TorsionNet(N_ATOM_FEATURES, N_PAIR_FEATURES, hidden=hidden, n_layers=n_layers,
-                     time_dim=time_dim, cutoff=cutoff, n_rbf=n_rbf, output_scale=output_scale)
-    return BoundContextModel(net, tors.context())
