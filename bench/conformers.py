@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from adjoint_core_chem.energy import MMFFEnergy
 from adjoint_core_chem.metrics import (
     MAX_REFS,
@@ -66,20 +65,22 @@ def evaluate(mol, refs_heavy, perms, x, heavy) -> dict:
 def generate(method: str, mol, k: int, args, model=None, schedule=None, n_steps=50):
     if method == "etkdg":
         return mol.embed(k, seed=42)
-    from adjoint_core_chem.amortized import sample_conformers
+    from adjoint_core_chem.commands import sample_conformers
 
-    gen = torch.Generator().manual_seed(args.seed)
-    return sample_conformers(model, mol, k, schedule, n_steps, gen, batch_size=args.batch_size)
+    # model: the trained run's Trainer (adjoint_core.app.run.load_run)
+    return sample_conformers(model, mol, k, n_steps, args.seed, args.batch_size)[0]
 
 
 def run_method(method: str, args) -> dict:
     model = schedule = None
     n_steps = None
     if method == "ours":
-        from adjoint_core_chem.amortized import load_amortized
+        from adjoint_core.app.run import load_run
 
-        model, schedule, cfg = load_amortized(args.run, args.checkpoint)
-        n_steps = args.n_sde_steps or cfg.train.n_sde_steps
+        if args.checkpoint != "latest":
+            raise SystemExit("--checkpoint: core run directories keep only latest.pt")
+        model = load_run(args.run)
+        n_steps = args.n_sde_steps or model.settings.n_sde_steps
     mols = select(args)
     results, skipped = [], []
     t_start = time.perf_counter()
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--methods", default="etkdg,ours", help="comma list of etkdg, ours")
     p.add_argument("--run", default="runs/chem_spice_cpu", help="amortized run directory")
-    p.add_argument("--checkpoint", default="latest", help="latest or warmup")
+    p.add_argument("--checkpoint", default="latest", help="latest (core runs keep only latest.pt)")
     p.add_argument("--tag", default=None, help="result file name for 'ours' (default ours)")
     p.add_argument("--data", default=str(DATA), help="conformers data folder")
     p.add_argument("--max-refs", type=int, default=MAX_REFS)

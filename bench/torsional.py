@@ -44,7 +44,6 @@ from adjoint_core_chem.metrics import (
     read_reference_xyz,
 )
 from adjoint_core_chem.molecule import MoleculeError, mol_from_smiles
-from adjoint_core_chem.torsion import MoleculeTorsions
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "torsional"
@@ -60,11 +59,13 @@ def _conformers_bench():
 
 def run_torsional(method: str, args) -> dict:
     """Evaluate ``torsional`` or ``torsional_base`` on the selected molecules."""
-    from adjoint_core_torsion.amortized import load_torsional, sample_torsional_conformers
+    from adjoint_core_chem.commands import sample_conformers
+
+    from adjoint_core.app.run import load_run
 
     cb = _conformers_bench()
-    model, schedule, cfg = load_torsional(args.torsion_run)
-    n_steps = args.n_sde_steps or cfg.train.n_sde_steps
+    trainer = load_run(args.torsion_run)
+    n_steps = args.n_sde_steps or trainer.settings.n_sde_steps
     results, skipped = [], []
     t_start = time.perf_counter()
     for name, smi, path in cb.select(args):
@@ -85,21 +86,19 @@ def run_torsional(method: str, args) -> dict:
             ref_h = refs[:, heavy]
             mmff = MMFFEnergy(mol)
             t0 = time.perf_counter()
-            tors = MoleculeTorsions.from_molecule(mol, seed=cfg.reference.seed,
-                                                  relax=cfg.reference.relax)
+            target = trainer.problem.make_target(mol)
+            n_tors = int(target.info.get("n_torsions", 0))
             gen = torch.Generator().manual_seed(args.seed)
-            if method == "torsional":
-                x, _ = sample_torsional_conformers(model, tors, k, schedule, n_steps, gen,
-                                                   args.batch_size, cfg.train.n_images)
+            if method == "torsional" or "fixed_positions" in target.info:
+                x = sample_conformers(trainer, mol, k, n_steps, args.seed, args.batch_size)[0]
             else:
-                tau = tors.space(cfg.train.n_images).sample_base(k, schedule, gen,
-                                                                 dtype=torch.float64)
-                x = tors.positions(tau).float()
+                tau = target.space.sample_base(k, trainer.schedule, gen, dtype=torch.float64)
+                x = target.info["to_positions"](tau).float()
             t_gen = time.perf_counter() - t0
             row = {"name": name, "smiles": smi, "n_atoms": mol.n_atoms,
                    "n_heavy": int(len(heavy)), "n_refs": int(len(refs)),
                    "refs_unmatched": int(bad), "k": int(x.shape[0]), "k_asked": int(k),
-                   "n_torsions": tors.n_torsions, "n_automorphisms": int(len(perms)),
+                   "n_torsions": n_tors, "n_automorphisms": int(len(perms)),
                    "seconds_generate": t_gen}
             row["raw"] = cb.evaluate(mol, ref_h, perms, x, heavy)
             e_raw = mmff.energy(x.double())
@@ -114,7 +113,7 @@ def run_torsional(method: str, args) -> dict:
                 for key in ("thresholds", "cov_r", "cov_p"):
                     row[tag].pop(key, None)
             results.append(row)
-            print(f"[{method}] {name} N={mol.n_atoms} K_tors={tors.n_torsions} "
+            print(f"[{method}] {name} N={mol.n_atoms} K_tors={n_tors} "
                   f"refs={len(refs)} K={row['k']}: COV-R@1.25 raw "
                   f"{row['raw']['cov_r@1.25']:.3f} relaxed {row['relaxed']['cov_r@1.25']:.3f}"
                   f"  AMR-R raw {row['raw']['amr_r']:.3f} relaxed {row['relaxed']['amr_r']:.3f}"
