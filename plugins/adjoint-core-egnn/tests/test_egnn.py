@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from adjoint_core_egnn import EGNN, egnn, fully_connected_edges
 from adjoint_core_egnn import plugin as egnn_plugin
 
-from adjoint_core.models import Model
-from adjoint_core.registry import ConfigError, Registry
-from adjoint_core.spaces import EuclideanSpace
+from adjoint_core.plugins.registry import ConfigError, Registry
+from adjoint_core.problem.models import Model
+from adjoint_core.problem.spaces import EuclideanSpace
+from adjoint_core.testing import assert_equivariant, check_model_contract
 
 DT = torch.float64
 
@@ -38,12 +39,13 @@ def _inputs(batch=6, n=5, d=3, seed=1):
     return t, x
 
 
-def _orthogonal(d, reflect, seed=2):
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=DT))
-    if (torch.linalg.det(q) < 0) != reflect:
-        q[:, 0] = -q[:, 0]
-    return q
+def _sym_atol(out):
+    """Absolute tolerance of the symmetry checks: 1e-11 of the output's largest component.
+
+    (The former hand-written checks allowed 1e-10 of the transformed output's largest
+    component, which is at most sqrt(d) < 10 times larger.)
+    """
+    return 1e-11 * out.abs().max().item()
 
 
 def _close(a, b, tol=1e-10):
@@ -89,27 +91,39 @@ def reference_egnn(model: EGNN, t, x, node_types=None):
 def test_rotation_and_reflection_equivariance(d, reflect):
     model = _model(5, d)
     t, x = _inputs(n=5, d=d)
-    q = _orthogonal(d, reflect)
     out = model(t, x)
     assert out.shape == x.shape
     assert out.abs().max() > 1e-3
-    _close(model(t, x @ q.T), out @ q.T)
+    assert_equivariant(model, EuclideanSpace(5, d, mean_free=True), t, x,
+                       symmetries=("reflection" if reflect else "rotation",), n_trials=2,
+                       rtol=0.0, atol=_sym_atol(out))
 
 
 @pytest.mark.parametrize("d", [2, 3])
 def test_translation_invariance(d):
     model = _model(4, d)
     t, x = _inputs(n=4, d=d)
-    shift = torch.randn(x.shape[0], 1, d, dtype=DT) * 5.0
-    _close(model(t, x + shift), model(t, x))
+    assert_equivariant(model, EuclideanSpace(4, d, mean_free=True), t, x,
+                       symmetries=("translation",), translation_scale=5.0, rtol=0.0,
+                       atol=_sym_atol(model(t, x)))
 
 
 @pytest.mark.parametrize("d", [2, 3])
 def test_permutation_equivariance(d):
     model = _model(6, d)
     t, x = _inputs(n=6, d=d)
-    perm = torch.randperm(6, generator=torch.Generator().manual_seed(3))
-    _close(model(t, x[:, perm]), model(t, x)[:, perm])
+    assert_equivariant(model, EuclideanSpace(6, d, mean_free=True), t, x,
+                       symmetries=("permutation",), n_trials=2, rtol=0.0,
+                       atol=_sym_atol(model(t, x)))
+
+
+def test_model_contract():
+    space = EuclideanSpace(5, 3, mean_free=True)
+    check_model_contract(_model(5, 3), space)
+    check_model_contract(_model(5, 3, n_node_types=2, time_dim=4), space,
+                         context={"node_types": torch.tensor([0, 1, 1, 0, 1])})
+    torch.manual_seed(0)
+    check_model_contract(EGNN(5, 3, hidden=16, n_layers=2), space)  # float32, papers' init
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -150,8 +164,8 @@ def test_options_without_attention_or_tanh():
         model = _model(4, 3, **kw)
         t, x = _inputs(n=4, d=3)
         _close(model(t, x), reference_egnn(model, t, x), tol=1e-9)
-        q = _orthogonal(3, reflect=True)
-        _close(model(t, x @ q.T), model(t, x) @ q.T)
+        assert_equivariant(model, EuclideanSpace(4, 3, mean_free=True), t, x,
+                           symmetries=("reflection",), rtol=0.0, atol=_sym_atol(model(t, x)))
     assert _model(4, 3, attention=False).layers[0].att is None
 
 
@@ -186,8 +200,9 @@ def test_node_types_change_output_and_stay_equivariant():
     # permuting the particles but not their types is a different input
     assert not torch.allclose(model(t, x[:, perm], {"node_types": types}), out[:, perm],
                               atol=1e-6)
-    q = _orthogonal(d, reflect=False)
-    _close(model(t, x @ q.T, {"node_types": types}), out @ q.T)
+    # rotations and translations leave the types alone (permutations must move them: above)
+    assert_equivariant(model, EuclideanSpace(n, d, mean_free=True), t, x, {"node_types": types},
+                       symmetries=("rotation", "translation"), rtol=0.0, atol=_sym_atol(out))
     # one type row is broadcast over the batch
     _close(model(t, x, {"node_types": types[0]}), out, tol=0.0)
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 from adjoint_core_egnn import EGNN, egnn
 
-from adjoint_core.registry import Registry
-from adjoint_core.spaces import EuclideanSpace, PeriodicSpace
+from adjoint_core.plugins.registry import Registry
+from adjoint_core.problem.spaces import EuclideanSpace, PeriodicSpace
+from adjoint_core.testing import assert_equivariant, check_model_contract
 
 DT = torch.float64
 BOX = [3.0, 4.0]
@@ -36,14 +37,12 @@ def test_invariant_to_box_shifts_and_translations(cutoff):
     model = _model(cutoff=cutoff)
     t, x = _inputs()
     out = model(t, x)
-    g = torch.Generator().manual_seed(2)
-    k = torch.randint(-3, 4, x.shape, generator=g).to(DT)
-    assert torch.allclose(model(t, x + k * torch.tensor(BOX, dtype=DT)), out, atol=1e-10)
-    shift = torch.tensor([1.7, -2.9], dtype=DT)
-    assert torch.allclose(model(t, x + shift), out, atol=1e-10)  # translation, then (implicitly)
-    perm = torch.randperm(5, generator=g)
-    assert torch.allclose(model(t, x[:, perm]), out[:, perm], atol=1e-10)
     assert out.abs().max() > 1e-3  # non-trivial output
+    # images x + kL, unwrapped translations, permutations (tolerances of torch.allclose)
+    space = PeriodicSpace(box=BOX, n_particles=5, spatial_dim=2)
+    assert_equivariant(model, space, t, x, symmetries=("periodic", "translation", "permutation"),
+                       n_trials=2, rtol=1e-5, atol=1e-10)
+    check_model_contract(model, space)
 
 
 def test_minimum_image_edges_differ_from_plain_ones():
@@ -96,7 +95,7 @@ def test_sampler_loop_on_a_periodic_box():
     from adjoint_core_particles import lj_periodic
 
     from adjoint_core import AdjointSampler, GeometricSchedule, ReplayBuffer
-    from adjoint_core.adjoint import clip_per_particle
+    from adjoint_core.training.adjoint import clip_per_particle
 
     torch.manual_seed(0)
     space = PeriodicSpace(box=4.0, n_particles=6, spatial_dim=2)

@@ -20,7 +20,12 @@ from adjoint_core_esen import (  # noqa: E402
 )
 
 from adjoint_core import ConfigError, Registry  # noqa: E402
-from adjoint_core.spaces import EuclideanSpace  # noqa: E402
+from adjoint_core.problem.spaces import EuclideanSpace  # noqa: E402
+from adjoint_core.testing import (  # noqa: E402
+    assert_energy_gradient,
+    assert_energy_invariant,
+    check_energy_contract,
+)
 
 #: Ethanol (C C O H H H H H H), a hand-made geometry in Å.
 ETHANOL_Z = [6, 6, 8, 1, 1, 1, 1, 1, 1]
@@ -39,15 +44,6 @@ ARCH = ESENArchitecture(energy_mean=-0.3, energy_rmsd=1.7)
 def conformers(base: torch.Tensor, n: int, seed: int, scale: float = 0.1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return base + scale * torch.randn(n, *base.shape, generator=g, dtype=base.dtype)
-
-
-def random_rotation(seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if torch.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +92,10 @@ def test_esen_autograd_energy_matches_forces(pot32):
 
 def test_esen_forces_match_finite_differences(pot64):
     e = ESENEnergy(pot64, atomic_numbers=ETHANOL_Z)
-    x0 = conformers(ETHANOL, 1, 2)[0]
-    h = 1e-4
-    steps = torch.eye(27, dtype=torch.float64).reshape(27, 9, 3) * h
-    plus, minus = e.energy(x0 + steps), e.energy(x0 - steps)
-    fd = ((plus - minus) / (2 * h)).reshape(9, 3)
-    _, g = e.energy_and_grad(x0[None])
-    scale = g.abs().max().item()
+    x = conformers(ETHANOL, 1, 2)
+    scale = e.grad(x).abs().max().item()
     assert scale > 1e-3  # a non-trivial gradient
-    assert torch.allclose(g[0], fd, rtol=1e-5, atol=1e-6 * scale), (g[0] - fd).abs().max()
+    assert_energy_gradient(e, x, eps=1e-4, rtol=1e-5, atol=1e-6 * scale)
 
 
 def test_esen_rotation_translation_invariance(pot32, pot64):
@@ -115,22 +106,28 @@ def test_esen_rotation_translation_invariance(pot32, pot64):
     alike); a 1 % stretch of the molecule changes the energy by far more than that.
     """
     x = conformers(ETHANOL, 4, 4)
-    shift = torch.tensor([0.7, -1.3, 2.1], dtype=torch.float64)
     for pot, dtype, exact in ((pot64, torch.float64, 1e-12), (pot32, torch.float32, 1e-5)):
         e = ESENEnergy(pot, atomic_numbers=ETHANOL_Z)
         E, G = e.energy_and_grad(x.to(dtype))
         e_scale, g_scale = E.abs().max().item(), G.abs().max().item()
-        Et, Gt = e.energy_and_grad((x + shift).to(dtype))
-        assert (Et - E).abs().max().item() <= exact * e_scale
-        assert (Gt - G).abs().max().item() <= 10 * exact * g_scale
-        for seed in (5, 6):
-            rot = random_rotation(seed).to(dtype)
-            Er, Gr = e.energy_and_grad((x @ rot.T.double() + shift).to(dtype))
-            assert (Er - E).abs().max().item() <= 2e-4 * e_scale
-            # the gradient is equivariant: ∇E(Rx + s) = R ∇E(x)
-            assert (Gr - G @ rot.T).abs().max().item() <= 1e-3 * g_scale
+        # E(x + s) = E(x), ∇E(x + s) = ∇E(x)  (shifts of about the molecule's size)
+        assert_energy_invariant(e, x.to(dtype), symmetries=("translation",), gradient=True,
+                                translation_scale=1.5, rtol=0.0, atol=exact * e_scale,
+                                grad_rtol=0.0, grad_atol=10 * exact * g_scale)
+        # E(Rx) = E(x) and the gradient is equivariant: ∇E(Rx) = R ∇E(x)
+        assert_energy_invariant(e, x.to(dtype), symmetries=("rotation",), gradient=True,
+                                n_trials=2, rtol=0.0, atol=2e-4 * e_scale, grad_rtol=0.0,
+                                grad_atol=1e-3 * g_scale, seed=5)
         stretched = e.energy((1.01 * x).to(dtype))
         assert (stretched - E).abs().max().item() > 1e-2 * e_scale
+
+
+def test_esen_energy_contract(pot32, pot64):
+    space = EuclideanSpace(9, 3, mean_free=True)
+    check_energy_contract(ESENEnergy(pot64, atomic_numbers=ETHANOL_Z), space,
+                          conformers(ETHANOL, 3, 12))
+    check_energy_contract(ESENEnergy(pot32, atomic_numbers=ETHANOL_Z), space,
+                          conformers(ETHANOL, 3, 12).float())
 
 
 def test_esen_agrees_with_fairchem_calculator(ckpt, pot32):

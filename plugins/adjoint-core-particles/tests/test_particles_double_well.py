@@ -4,26 +4,12 @@ import pytest
 import torch
 from adjoint_core_particles import DoubleWellEnergy, dw4
 
-
-def fd_grad(energy, x, h=1e-6):
-    """Central finite differences of energy.energy over every coordinate (float64)."""
-    g = torch.zeros_like(x)
-    flat = x.reshape(x.shape[0], -1)
-    gf = g.reshape(x.shape[0], -1)
-    for k in range(flat.shape[1]):
-        xp, xm = flat.clone(), flat.clone()
-        xp[:, k] += h
-        xm[:, k] -= h
-        gf[:, k] = (energy.energy(xp.view_as(x)) - energy.energy(xm.view_as(x))) / (2 * h)
-    return g
-
-
-def random_orthogonal(dim, gen, proper=True):
-    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if proper and torch.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
+from adjoint_core import EuclideanSpace
+from adjoint_core.testing import (
+    assert_energy_gradient,
+    assert_energy_invariant,
+    check_energy_contract,
+)
 
 
 def dw_pair(d, a=0.0, b=-4.0, c=0.9, d0=4.0):
@@ -79,13 +65,20 @@ def test_float32_and_counter():
     assert e.n_evaluations == 5
 
 
+def test_energy_contract():
+    space = EuclideanSpace(4, 2, mean_free=True)
+    check_energy_contract(dw4(), space)
+    x = 3 * torch.randn(3, 4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    check_energy_contract(DoubleWellEnergy(a=0.2, temperature=2.0), space, x)
+
+
 def test_gradient_matches_finite_differences():
     gen = torch.Generator().manual_seed(1)
     e = DoubleWellEnergy(n_particles=4, spatial_dim=2, a=0.2)
     x = torch.randn(3, 4, 2, generator=gen, dtype=torch.float64) * 3
     energy, grad = e.energy_and_grad(x)
     assert energy.shape == (3,) and grad.shape == x.shape
-    assert torch.allclose(grad, fd_grad(e, x), rtol=1e-6, atol=1e-6)
+    assert_energy_gradient(e, x, eps=1e-6, rtol=1e-6, atol=1e-6)
 
 
 def test_gradient_finite_at_coincident_particles():
@@ -100,13 +93,10 @@ def test_invariances(proper):
     gen = torch.Generator().manual_seed(2)
     e = dw4()
     x = torch.randn(6, 4, 2, generator=gen, dtype=torch.float64) * 3
-    ref = e.energy(x)
-    q = random_orthogonal(2, gen, proper=proper)
-    assert torch.allclose(e.energy(x @ q.T), ref, rtol=1e-10, atol=1e-9)
-    shift = torch.randn(6, 1, 2, generator=gen, dtype=torch.float64) * 10
-    assert torch.allclose(e.energy(x + shift), ref, rtol=1e-10, atol=1e-9)
-    perm = torch.randperm(4, generator=gen)
-    assert torch.allclose(e.energy(x[:, perm]), ref, rtol=1e-12, atol=1e-10)
+    rotation = "rotation" if proper else "reflection"
+    assert_energy_invariant(e, x, symmetries=(rotation, "translation"), rtol=1e-10, atol=1e-9,
+                            translation_scale=10.0)
+    assert_energy_invariant(e, x, symmetries=("permutation",), rtol=1e-12, atol=1e-10)
 
 
 def test_wrong_shape_raises():

@@ -7,6 +7,9 @@ from adjoint_core_particles import SOFTPLUS_ONE, GaussianMixtureEnergy, gmm40
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
+from adjoint_core import EuclideanSpace
+from adjoint_core.testing import assert_energy_gradient, check_energy_contract
+
 # Appendix A of reference/ALGORITHM_NOTES.md (rounded to 3 decimals), rows 0-4 and 35-39.
 APPENDIX_A = {
     0: [-0.299, 21.458],
@@ -88,18 +91,17 @@ def test_gradient_matches_finite_differences():
     e = gmm40()
     gen = torch.Generator().manual_seed(9)
     x = e.means[:4].double() + torch.randn(4, 2, generator=gen, dtype=torch.float64)
-    _, grad = e.energy_and_grad(x)
-    h = 1e-6
-    fd = torch.zeros_like(x)
-    for k in range(2):
-        dx = torch.zeros_like(x)
-        dx[:, k] = h
-        fd[:, k] = (e.energy(x + dx) - e.energy(x - dx)) / (2 * h)
-    assert torch.allclose(grad, fd, rtol=1e-6, atol=1e-7)
+    assert_energy_gradient(e, x, eps=1e-6, rtol=1e-6, atol=1e-7)
     # near one mode the gradient is (x - mu) / s^2
     x0 = e.means[:1].double() + 0.3
     _, g0 = e.energy_and_grad(x0)
     assert torch.allclose(g0, torch.full_like(x0, 0.3 / SOFTPLUS_ONE**2), rtol=1e-6)
+
+
+def test_energy_contract():
+    check_energy_contract(gmm40(), EuclideanSpace(dim=2))
+    e = GaussianMixtureEnergy(n_modes=3, dim=3, loc_scaling=2.0, std=0.8, seed=5)
+    check_energy_contract(e, EuclideanSpace(dim=3), 2 * e.means.double())
 
 
 def test_exact_samples():

@@ -5,6 +5,13 @@ import pytest
 import torch
 from adjoint_core_particles import LennardJonesEnergy, lj13, lj55
 
+from adjoint_core import EuclideanSpace
+from adjoint_core.testing import (
+    assert_energy_gradient,
+    assert_energy_invariant,
+    check_energy_contract,
+)
+
 EPS = 1e-6  # inside the distance, as in the papers' code
 
 
@@ -22,26 +29,6 @@ def lj_hand(points, epsilon=1.0, r_m=1.0, osc=1.0):
     mean = [sum(p[k] for p in points) / n for k in range(dim)]
     total += osc * 0.5 * sum(sum((p[k] - mean[k]) ** 2 for k in range(dim)) for p in points)
     return total
-
-
-def fd_grad(energy, x, h=1e-6):
-    g = torch.zeros_like(x)
-    flat = x.reshape(x.shape[0], -1)
-    gf = g.reshape(x.shape[0], -1)
-    for k in range(flat.shape[1]):
-        xp, xm = flat.clone(), flat.clone()
-        xp[:, k] += h
-        xm[:, k] -= h
-        gf[:, k] = (energy.energy(xp.view_as(x)) - energy.energy(xm.view_as(x))) / (2 * h)
-    return g
-
-
-def random_orthogonal(dim, gen, proper=True):
-    q, r = torch.linalg.qr(torch.randn(dim, dim, generator=gen, dtype=torch.float64))
-    q = q * torch.sign(torch.diagonal(r))
-    if proper and torch.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 def spread_config(n, gen, batch=1):
@@ -98,9 +85,7 @@ def test_gradient_matches_finite_differences():
     e = LennardJonesEnergy(n_particles=5, spatial_dim=3, epsilon=1.3, r_m=1.05,
                            oscillator_scale=0.7)
     x = spread_config(5, gen, batch=2)
-    _, grad = e.energy_and_grad(x)
-    fd = fd_grad(e, x)
-    assert torch.allclose(grad, fd, rtol=1e-5, atol=1e-6)
+    assert_energy_gradient(e, x, eps=1e-6, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("proper", [True, False])
@@ -109,13 +94,17 @@ def test_invariances(proper):
     e = lj13()
     x = spread_config(13, gen, batch=4)
     x = x - x.mean(1, keepdim=True)
-    ref = e.energy(x)
-    q = random_orthogonal(3, gen, proper=proper)
-    assert torch.allclose(e.energy(x @ q.T), ref, rtol=1e-10, atol=1e-9)
-    shift = torch.randn(4, 1, 3, generator=gen, dtype=torch.float64) * 5
-    assert torch.allclose(e.energy(x + shift), ref, rtol=1e-10, atol=1e-9)
-    perm = torch.randperm(13, generator=gen)
-    assert torch.allclose(e.energy(x[:, perm]), ref, rtol=1e-12, atol=1e-10)
+    rotation = "rotation" if proper else "reflection"
+    assert_energy_invariant(e, x, symmetries=(rotation, "translation"), rtol=1e-10, atol=1e-9,
+                            translation_scale=5.0)
+    assert_energy_invariant(e, x, symmetries=("permutation",), rtol=1e-12, atol=1e-10)
+
+
+def test_energy_contract():
+    gen = torch.Generator().manual_seed(7)
+    space = EuclideanSpace(13, 3, mean_free=True)
+    check_energy_contract(lj13(), space, spread_config(13, gen, batch=3).float())
+    check_energy_contract(lj13(oscillator_scale=0.5), space, spread_config(13, gen, batch=3))
 
 
 def test_gradient_is_translation_free():

@@ -10,6 +10,11 @@ import torch
 from adjoint_core_particles import PeriodicLennardJonesEnergy, lj_periodic
 
 from adjoint_core import ConfigError, PeriodicSpace, Registry
+from adjoint_core.testing import (
+    assert_energy_gradient,
+    assert_energy_invariant,
+    check_energy_contract,
+)
 
 DT = torch.float64
 
@@ -80,15 +85,8 @@ def _fluid(batch=4, seed=0, n=8, box=4.0):
 def test_gradient_matches_finite_differences():
     e = PeriodicLennardJonesEnergy(8, 2, box=4.0, cutoff=1.9)
     x = _fluid()
+    assert_energy_gradient(e, x, eps=1e-6, rtol=1e-5, atol=1e-6)
     _, g = e.energy_and_grad(x)
-    h = 1e-6
-    fd = torch.zeros_like(x)
-    for idx in range(16):
-        i, k = divmod(idx, 2)
-        dx = torch.zeros_like(x)
-        dx[:, i, k] = h
-        fd[:, i, k] = (e.energy(x + dx) - e.energy(x - dx)) / (2 * h)
-    assert torch.allclose(g, fd, rtol=1e-5, atol=1e-6)
     # translation invariance: forces sum to zero
     assert g.sum(1).abs().max() < 1e-9
 
@@ -96,15 +94,20 @@ def test_gradient_matches_finite_differences():
 def test_invariant_to_wrapping_translation_and_permutation():
     e = PeriodicLennardJonesEnergy(8, 2, box=4.0, cutoff=1.9)
     x = _fluid(seed=1)
+    # images x + kL (box from e.box), translations and permutations; atol: allclose's default
+    assert_energy_invariant(e, x, symmetries=("periodic", "translation", "permutation"),
+                            rtol=1e-10, atol=1e-8, n_trials=2)
     e0 = e.energy(x)
-    g = torch.Generator().manual_seed(5)
-    k = torch.randint(-3, 4, x.shape, generator=g).to(DT)
-    assert torch.allclose(e.energy(x + 4.0 * k), e0, rtol=1e-10)
-    assert torch.allclose(e.energy(x + torch.tensor([1.7, -3.3], dtype=DT)), e0, rtol=1e-10)
-    perm = torch.randperm(8, generator=g)
-    assert torch.allclose(e.energy(x[:, perm]), e0, rtol=1e-10)
+    k = torch.randint(-3, 4, x.shape, generator=torch.Generator().manual_seed(5)).to(DT)
     space = PeriodicSpace(box=4.0, n_particles=8, spatial_dim=2)
     assert torch.allclose(e.energy(space.project(x + 4.0 * k)), e0, rtol=1e-10)
+
+
+def test_energy_contract():
+    e = PeriodicLennardJonesEnergy(8, 2, box=4.0, cutoff=1.9)
+    space = PeriodicSpace(box=4.0, n_particles=8, spatial_dim=2)
+    check_energy_contract(e, space, _fluid(seed=2).float())
+    check_energy_contract(e, space, _fluid(seed=3))
 
 
 def test_defaults_density_and_cutoff_validation():

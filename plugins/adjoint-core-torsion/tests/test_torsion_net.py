@@ -1,12 +1,11 @@
 """TorsionNet: one score per torsion, invariant to rotations/translations, periodic in τ."""
 
-import math
-
 import pytest
 import torch
 from adjoint_core_torsion import TorsionNet, torsion_net
 
 from adjoint_core import EuclideanSpace, TorsionalSpace
+from adjoint_core.testing import assert_equivariant, check_model_contract, random_orthogonal
 
 chem_torsion = pytest.importorskip("adjoint_core_chem.torsion")
 molecule = pytest.importorskip("adjoint_core_chem.molecule")
@@ -31,12 +30,6 @@ def _net(tors, pair: bool, seed: int = 0) -> TorsionNet:
     return net.double()
 
 
-def _rotation(seed: int) -> torch.Tensor:
-    q, _ = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(seed),
-                                       dtype=DT))
-    return q * torch.sign(torch.linalg.det(q))  # proper rotation
-
-
 def test_shapes_zero_init_and_registry(tors):
     ctx = tors.context()
     k = tors.n_torsions
@@ -52,7 +45,7 @@ def test_shapes_zero_init_and_registry(tors):
         net(torch.rand(5), tau[:, :2], ctx)
     from adjoint_core_torsion import plugin
 
-    from adjoint_core.registry import Registry
+    from adjoint_core.plugins.registry import Registry
 
     reg = Registry(load_entry_points=False)
     reg.add_plugin(plugin, name="torsion")
@@ -70,17 +63,27 @@ def test_invariant_to_rotation_translation_and_periodic(tors, pair):
     t = torch.rand(b, dtype=DT)
     out = net(t, tau, ctx)
     assert out.abs().max() > 1e-3
-    rot = _rotation(2)
+    rot = random_orthogonal(3, generator=torch.Generator().manual_seed(2))  # proper rotation
     shift = torch.tensor([3.0, -1.0, 7.5], dtype=DT)
     moved = {**ctx, "to_cartesian": lambda x: tors.positions(x) @ rot.T + shift}
     assert torch.allclose(net(t, tau, moved), out, atol=1e-9)
-    turns = torch.randint(-3, 4, (b, k), generator=torch.Generator().manual_seed(3)).to(DT)
-    assert torch.allclose(net(t, tau + 2 * math.pi * turns, ctx), out, atol=1e-8)
+    # periodic in every torsion: u(t, τ + 2πk) = u(t, τ) (tolerances of torch.allclose)
+    assert_equivariant(net, tors.space(), t, tau, ctx, symmetries=("periodic",), n_trials=2,
+                       rtol=1e-5, atol=1e-8, seed=3)
     # permuting the torsions (context and state together) permutes the scores
     perm = torch.randperm(k, generator=torch.Generator().manual_seed(4))
     pctx = {**ctx, "torsion_index": ctx["torsion_index"][perm],
             "to_cartesian": lambda x: tors.positions(x[:, torch.argsort(perm)])}
     assert torch.allclose(net(t, tau[:, perm], pctx), out[:, perm], atol=1e-9)
+
+
+@pytest.mark.parametrize("pair", [False, True])
+def test_model_contract(tors, pair):
+    check_model_contract(_net(tors, pair), tors.space(), context=tors.context())
+    torch.manual_seed(0)
+    ctx = tors.context()
+    fresh = torsion_net(tors.space(), n_atom_features=ctx["atom_features"].shape[1])
+    check_model_contract(fresh, tors.space(), context=ctx)  # zero-initialised read-out
 
 
 def test_sees_handedness_and_trains(tors):
