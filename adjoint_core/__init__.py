@@ -17,7 +17,7 @@ from adjoint_core.problem.models import MLP, Model
 from adjoint_core.problem.periodic import PeriodicMLP, radial_distribution
 from adjoint_core.problem.schedules import GeometricSchedule, LinearSchedule, NoiseSchedule
 from adjoint_core.problem.spaces import EuclideanSpace, PeriodicSpace, StateSpace
-from adjoint_core.problem.target import Target
+from adjoint_core.problem.target import Problem, Target
 from adjoint_core.problem.torsional import TorsionalSpace
 from adjoint_core.problem.von_mises import VonMisesEnergy
 from adjoint_core.training.objectives.adjoint_sampling import AdjointSampling
@@ -42,6 +42,7 @@ __all__ = [
     "AdjointSampler",
     "TrainSettings",
     "Target",
+    "Problem",
     "Objective",
     "Capabilities",
     "AdjointSampling",

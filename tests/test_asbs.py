@@ -1,4 +1,4 @@
-"""ASBS (adjoint_core.training.asbs): the source bridge against its closed form, corrector matching
+"""ASBS (adjoint_core.training.objectives.asbs): the source bridge against its closed form, corrector matching
 against the exact base-marginal score, the whole loop on a Gaussian target, persistence and
 the config path.
 
@@ -20,6 +20,7 @@ from adjoint_core import (
     EuclideanSpace,
     LinearSchedule,
     PeriodicSpace,
+    SchrodingerBridge,
     SchrodingerBridgeSampler,
 )
 from adjoint_core.app.config import load_config
@@ -27,7 +28,7 @@ from adjoint_core.app.run import build_trainer, load_run, train_run
 from adjoint_core.evaluation.metrics import path_ess
 from adjoint_core.plugins.registry import ConfigError
 from adjoint_core.problem.gaussian import gaussian
-from adjoint_core.training.asbs import corrector_target, source_bridge_sample
+from adjoint_core.training.objectives.asbs import corrector_target, source_bridge_sample
 
 SETTINGS = dict(n_epochs=90, samples_per_epoch=256, grad_steps_per_epoch=100,
                 train_batch_size=256, n_sde_steps=60, lr=2e-3, max_grad_norm=None)
@@ -71,11 +72,11 @@ def test_source_bridge_and_target_stay_mean_free():
 def test_stages_alternate():
     s = _sampler(gaussian(dim=2), EuclideanSpace(dim=2), LinearSchedule(),
                  asbs=dict(am_epochs_per_stage=3, cm_epochs_per_stage=2))
-    kinds = [s.stage(e) for e in range(7)]
+    kinds = [s.objective.stage(e) for e in range(7)]
     assert kinds == [("adjoint", 0)] * 3 + [("corrector", 1)] * 2 + [("adjoint", 2)] * 2
     s = _sampler(gaussian(dim=2), EuclideanSpace(dim=2), LinearSchedule(),
                  asbs=dict(am_epochs_per_stage=3, cm_epochs_per_stage=2, init_stage="corrector"))
-    kinds = [s.stage(e) for e in range(6)]
+    kinds = [s.objective.stage(e) for e in range(6)]
     assert kinds == [("corrector", 0)] * 2 + [("adjoint", 1)] * 3 + [("corrector", 2)]
 
 
@@ -89,7 +90,7 @@ def test_corrector_matching_learns_the_base_marginal_score():
     assert s.counters["energy_evals"] == 0 and len(s.buffer) == 0
     assert [r["stage"] for r in s.history] == ["corrector"] * 10
     x = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
-    h = s.corrector(torch.ones(2000), x).detach()
+    h = s.objective.corrector(torch.ones(2000), x).detach()
     exact = -x / (ASBS["source_std"] ** 2 + sched.h1_squared)
     assert float((h - exact).pow(2).mean()) < 0.01
 
@@ -162,8 +163,8 @@ def test_config_run_resume_and_reload(tmp_path):
     assert c["energy_evals"] == 128 + 5 * 128  # init samples + 5 adjoint epochs
     assert c["grad_steps"] == 7 * 10
     s = load_run(tmp_path / "run")
-    assert isinstance(s, SchrodingerBridgeSampler) and s.counters["epoch"] == 7
-    assert len(s.corrector_buffer) == 2 * 128
+    assert isinstance(s.objective, SchrodingerBridge) and s.counters["epoch"] == 7
+    assert len(s.objective.corrector_buffer) == 2 * 128
     # resuming continues exactly: 4 epochs + reload + 3 epochs == 7 epochs in one go
     a = build_trainer(cfg)
     a.fit(n_epochs=4)
@@ -171,9 +172,10 @@ def test_config_run_resume_and_reload(tmp_path):
     b.load_state_dict(copy.deepcopy(a.state_dict()))  # as saved to and read from disk
     b.fit(n_epochs=3)
     a.fit(n_epochs=3)
-    for net in ("model", "corrector"):
-        pa = torch.cat([p.flatten() for p in getattr(a, net).parameters()])
-        pb = torch.cat([p.flatten() for p in getattr(b, net).parameters()])
+    for net, (na, nb) in {"model": (a.model, b.model),
+                          "corrector": (a.objective.corrector, b.objective.corrector)}.items():
+        pa = torch.cat([p.flatten() for p in na.parameters()])
+        pb = torch.cat([p.flatten() for p in nb.parameters()])
         assert torch.equal(pa, pb), net
 
 

@@ -131,21 +131,21 @@ def test_state_for_rank_maps_shards_and_seeds_new_ranks():
     r0, r1 = _tiny_sampler(0), _tiny_sampler(1)
     gathered = r0.state_dict()
     gathered["distributed"] = {"world_size": 2, "shards": [
-        {"rank": 1, "buffer": r1.buffer.state_dict(), "generator": r1.generator.get_state()}]}
+        {"rank": 1, "buffers": [r1.buffer.state_dict()], "generator": r1.generator.get_state()}]}
 
     single = AdjointSampler.state_for_rank(gathered, 0, 1)  # what a single process loads
     assert "distributed" not in single
-    assert torch.equal(single["buffer"]["data"]["x1"], r0.buffer.state_dict()["data"]["x1"])
+    assert torch.equal(single["buffers"][0]["data"]["x1"], r0.buffer.state_dict()["data"]["x1"])
     assert torch.equal(single["generator"], r0.generator.get_state())
 
     same = AdjointSampler.state_for_rank(gathered, 1, 2)  # rank 1 of a 2-process resume
-    assert torch.equal(same["buffer"]["data"]["x1"], r1.buffer.state_dict()["data"]["x1"])
+    assert torch.equal(same["buffers"][0]["data"]["x1"], r1.buffer.state_dict()["data"]["x1"])
     assert torch.equal(same["generator"], r1.generator.get_state())
     assert same["model"] is gathered["model"]
 
     new = [AdjointSampler.state_for_rank(gathered, r, 4) for r in (2, 3)]  # ranks new to the run
-    assert torch.equal(new[0]["buffer"]["data"]["x1"], single["buffer"]["data"]["x1"])  # 2 % 2
-    assert torch.equal(new[1]["buffer"]["data"]["x1"], same["buffer"]["data"]["x1"])  # 3 % 2
+    assert torch.equal(new[0]["buffers"][0]["data"]["x1"], single["buffers"][0]["data"]["x1"])  # 2 % 2
+    assert torch.equal(new[1]["buffers"][0]["data"]["x1"], same["buffers"][0]["data"]["x1"])  # 3 % 2
     assert new[0]["generator"] is None and new[0]["generator_seed"] != new[1]["generator_seed"]
     assert AdjointSampler.state_for_rank(gathered, 2, 4)["generator_seed"] == \
         new[0]["generator_seed"]
@@ -228,7 +228,7 @@ def test_cli_two_processes_dw4(tmp_path):
     assert D.parameter_digest(ckpt["model"]) == d["parameter_digests"][0]
     assert ckpt["distributed"]["world_size"] == 2
     assert [s["rank"] for s in ckpt["distributed"]["shards"]] == [1]
-    assert len(ckpt["buffer"]["data"]["x1"]) == 3 * 32  # rank 0's shard
+    assert len(ckpt["buffers"][0]["data"]["x1"]) == 3 * 32  # rank 0's shard
 
     # the same config in one process: same global budget, same counts
     single = tmp_path / "single"
@@ -253,7 +253,7 @@ def test_cli_two_processes_dw4(tmp_path):
     after = load_checkpoint(run / "checkpoints" / "latest.pt")["state"]
     assert "distributed" not in after
     assert any(not torch.equal(after["model"][k], ckpt["model"][k]) for k in ckpt["model"])
-    assert len(after["buffer"]["data"]["x1"]) == 3 * 32 + 2 * 64  # shard 0 + new rows
+    assert len(after["buffers"][0]["data"]["x1"]) == 3 * 32 + 2 * 64  # shard 0 + new rows
 
 
 # ---------------------------------------------------------------------- worker (under torchrun)
@@ -334,8 +334,8 @@ def _train_run_resume(ctx: D.DistContext, out: Path) -> dict:
     if ctx.is_main:
         a = load_checkpoint(out / "straight" / "checkpoints" / "latest.pt")["state"]
         b = load_checkpoint(out / "resumed" / "checkpoints" / "latest.pt")["state"]
-        bufs = [(a["buffer"], b["buffer"])] + [
-            (sa["buffer"], sb["buffer"])
+        bufs = [(a["buffers"][0], b["buffers"][0])] + [
+            (sa["buffers"][0], sb["buffers"][0])
             for sa, sb in zip(a["distributed"]["shards"], b["distributed"]["shards"], strict=True)]
         # model_evals also counts the evaluations, and the resumed run made one more (the
         # "final" one of its first launch), so it is left out of the comparison

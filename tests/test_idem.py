@@ -1,4 +1,4 @@
-"""iDEM (adjoint_core.training.idem): the MC score estimator against the exact noised Gaussian score,
+"""iDEM (adjoint_core.training.objectives.idem): the MC score estimator against the exact noised Gaussian score,
 and a small end-to-end run through the config/train machinery.
 
 Stated tolerances: with K = 4000 the estimator is within 0.08·(1 + |score|) of the closed form
@@ -14,7 +14,7 @@ from adjoint_core import EuclideanSpace, GeometricSchedule
 from adjoint_core.app.config import load_config
 from adjoint_core.app.run import build_trainer, train_run
 from adjoint_core.problem.gaussian import gaussian
-from adjoint_core.training.idem import IDEMSampler, estimate_noised_score, noise_std
+from adjoint_core.training.objectives.idem import IDEM, IDEMSampler, estimate_noised_score, noise_std
 
 
 def _exact_score(energy, x, std):
@@ -95,7 +95,7 @@ def test_idem_learns_a_gaussian_end_to_end(tmp_path):
     from adjoint_core.app.run import load_run
 
     s = load_run(tmp_path / "run")
-    assert isinstance(s, IDEMSampler) and s.counters["epoch"] == 8
+    assert isinstance(s.objective, IDEM) and s.counters["epoch"] == 8
     x = s.sample(2000, generator=torch.Generator().manual_seed(5)).double()
     mu, cov = s.energy.moments()
     assert torch.allclose(x.mean(0), mu, atol=0.2), x.mean(0)

@@ -53,7 +53,8 @@ def test_in_process_plugin_usable_by_name_from_config():
     c = build_components(cfg, reg)
     assert isinstance(c["energy"], ShiftedQuadratic) and c["energy"].shift == 2.0
     torch.manual_seed(0)
-    s = AdjointSampler(**c, settings=cfg.train, seed=cfg.seed)
+    s = AdjointSampler(c["energy"], c["space"], c["schedule"], c["model"], c["buffer"],
+                       settings=cfg.train, seed=cfg.seed)
     s.fit()
     x = s.sample(4000).double()
     assert torch.allclose(x.mean(0), torch.full((2,), 2.0, dtype=torch.float64), atol=0.15)

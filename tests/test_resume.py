@@ -36,7 +36,7 @@ def _env():
 
 def _params(run):
     state = load_checkpoint(run / "checkpoints" / "latest.pt")["state"]
-    return state["model"], state["counters"], state["buffer"]
+    return state["model"], state["counters"], state["buffers"][0]
 
 
 def test_sigkill_and_resume_is_bit_for_bit(tmp_path):

@@ -7,6 +7,11 @@ Commands::
     adjoint-core evaluate FILE.npy --reference REF.npy --energy NAME [--out FILE.json]
     adjoint-core mcmc CONFIG --out FILE.npy   (samples + FILE.json convergence report)
     adjoint-core plugins
+    adjoint-core info          (versions and device, for bug reports; also --version)
+
+``train`` ends with a plain verdict (untrained vs trained vs reference) and the paths of its
+plots. ``--reference`` and ``eval.reference`` take a registered reference name (``dw4_val``)
+or a file.
 
 ``train`` also runs data-parallel under ``torchrun --nproc-per-node N adjoint-core train …``
 (or ``python -m torch.distributed.run … -m adjoint_core.app.cli train …``): rank 0 alone prints,
@@ -60,7 +65,69 @@ def cmd_train(args: argparse.Namespace) -> int:
         "grad_steps_per_energy_eval": record["grad_steps_per_energy_eval"],
     }
     print(json.dumps(summary, indent=2))
+    print(_verdict(record, Path(args.out)))
     return 0
+
+
+#: Metrics of a run's evaluations shown by the verdict, with what they measure.
+_VERDICT_METRICS = {
+    "energy_w2": "energy W2: distance between the energy histograms of samples and reference",
+    "geometric_w2_papers": "geometric W2: optimal-transport distance between particle "
+                           "configurations up to rotation, reflection and permutation "
+                           "(the papers' protocol)",
+    "euclidean_w2": "Euclidean W2: optimal-transport distance between the states",
+    "periodic_w2": "periodic W2: optimal-transport distance with minimum-image distances",
+    "pair_distance_w2": "pair-distance W2: distance between the interparticle-distance "
+                        "histograms (minimum image)",
+}
+#: Plots written by a run (:func:`adjoint_core.evaluation.plotting.plot_run`).
+_PLOTS = {
+    "energy_hist.png": "energy histogram, samples vs reference",
+    "samples_2d.png": "samples over the target density",
+    "pair_distances.png": "interparticle distances, samples vs reference",
+    "loss.png": "training loss and buffer energy per epoch",
+}
+
+
+def _verdict(record: dict, out: Path) -> str:
+    """Plain-language summary of a run: untrained vs trained vs reference, and its pictures."""
+    evals = {e.get("tag"): e for e in record.get("evaluations", [])}
+    final, start = evals.get("final"), evals.get("untrained") or evals.get("warm-start")
+    lines = ["", "Verdict"]
+    if final is None:
+        lines.append("  no evaluation against a reference (the config has no eval.reference)")
+    else:
+        keys = [k for k in _VERDICT_METRICS if final.get(k) is not None]
+        rows = [("", *[k.replace("_papers", "") for k in keys], "mean energy")]
+        if start is not None:
+            rows.append((f"before training ({start['tag']})",
+                         *[f"{start.get(k, float('nan')):.4g}" for k in keys],
+                         f"{start['energy_mean']:.4g}"))
+        rows.append((f"after training (epoch {final['epoch']})",
+                     *[f"{final[k]:.4g}" for k in keys], f"{final['energy_mean']:.4g}"))
+        rows.append(("reference samples", *["-"] * len(keys),
+                     f"{final['reference_energy_mean']:.4g}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines += ["  " + "  ".join(c.rjust(w) if i else c.ljust(w)
+                                   for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+                  for r in rows]
+        lines += [f"  {_VERDICT_METRICS[k]}." for k in keys]
+        lines.append(f"  Lower is better; each is measured on {int(final['n_samples'])} samples, "
+                     "so even two exact sample sets differ by a little.")
+        if start is not None and final["energy_w2"] < start["energy_w2"]:
+            fold = start["energy_w2"] / max(final["energy_w2"], 1e-12)
+            lines.append(f"  Training lowered the energy W2 {fold:.0f}-fold; the mean energy moved "
+                         f"from {start['energy_mean']:.4g} to {final['energy_mean']:.4g} "
+                         f"(reference {final['reference_energy_mean']:.4g}).")
+    c = record.get("counters", {})
+    lines.append(f"  Budget: {c.get('energy_evals', 0):,} energy evaluations, "
+                 f"{c.get('grad_steps', 0):,} gradient steps.")
+    plots = [(out / "plots" / name, what) for name, what in _PLOTS.items()
+             if (out / "plots" / name).is_file()]
+    if plots:
+        lines.append("Pictures")
+        lines += [f"  {path}  ({what})" for path, what in plots]
+    return "\n".join(lines)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -164,9 +231,69 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def environment_info() -> dict:
+    """Versions and device for bug reports (what ``adjoint-core info`` prints).
+
+    Returns:
+        ``{"adjoint-core", "plugins" ({distribution: version}), "plugin_failures", "python",
+        "platform", "torch", "numpy", "rdkit", "device"}``; a missing optional package is
+        ``None``.
+    """
+    import importlib.metadata as im
+    import platform
+
+    import adjoint_core
+
+    def version(dist: str) -> str | None:
+        try:
+            return im.version(dist)
+        except im.PackageNotFoundError:
+            return None
+
+    plugins = {ep.dist.name: ep.dist.version for ep in im.entry_points(group="adjoint_core")
+               if ep.dist is not None and ep.dist.name != "adjoint-core"}
+    if torch.cuda.is_available():
+        device = (f"cuda: {torch.cuda.get_device_name(0)} ({torch.cuda.device_count()} device(s), "
+                  f"CUDA {torch.version.cuda})")
+    else:
+        device = f"cpu: {torch.get_num_threads()} threads ({os.cpu_count()} cores), no CUDA"
+    return {
+        "adjoint-core": adjoint_core.__version__,
+        "plugins": dict(sorted(plugins.items())),
+        "plugin_failures": [f"{f.plugin} ({f.distribution}): {f.error}"
+                            for f in default_registry().failures],
+        "python": f"{platform.python_version()} ({platform.python_implementation()})",
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "rdkit": version("rdkit"),
+        "device": device,
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """``adjoint-core info``: versions of the core, plugins and dependencies, and the device."""
+    info = environment_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"adjoint-core {info['adjoint-core']}")
+    for dist, ver in info["plugins"].items():
+        print(f"  {dist} {ver}")
+    for failure in info["plugin_failures"]:
+        print(f"  FAILED {failure}")
+    for key in ("python", "platform", "torch", "numpy", "rdkit", "device"):
+        print(f"{key}: {info[key] or 'not installed'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``adjoint-core``."""
+    import adjoint_core
+
     p = argparse.ArgumentParser(prog="adjoint-core", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version",
+                   version=f"adjoint-core {adjoint_core.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a sampler from a YAML config")
@@ -211,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plugins", help="list registered components and failed plugins")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plugins)
+
+    info = sub.add_parser("info", help="versions of the core, plugins, torch, numpy, rdkit and "
+                                       "the device in use (for bug reports)")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_info)
     _add_plugin_commands(sub)
     return p
 

@@ -238,8 +238,6 @@ class Trainer:
         self.targets: list[Target] = self.problem.targets
         if not self.targets:
             raise ValueError("a problem needs at least one target")
-        for target in self.targets:
-            model.check_space(target.space)
         self.schedule = schedule
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -251,6 +249,8 @@ class Trainer:
             parallel = DataParallel(self.device)
         self.parallel: SingleProcess = parallel or SingleProcess()
         self._check_capabilities()
+        for target in self.targets:
+            model.check_space(target.space)
         self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=self.settings.lr)
         #: Parameter average used for simulation when ``settings.ema_decay`` is set.
         self.ema_model: torch.optim.swa_utils.AveragedModel | None = None
@@ -499,6 +499,15 @@ class Trainer:
         obj = objective or self.objective
         bs = self.settings.sim_batch_size
         return [obj.collect(target, min(bs, n - start), phase) for start in range(0, n, bs)]
+
+    def collect(self, n: int, target: Target | int | None = None) -> torch.Tensor:
+        """Collect ``n`` new samples of a target with the current epoch's objective and phase.
+
+        Returns:
+            Their raw energies (see :meth:`Objective.collect`).
+        """
+        obj = self.objective_for()
+        return obj.collect(self._target(target), n, obj.phase(self.counters["epoch"]))
 
     def buffer_probabilities(self, target: Target | int | None = None) -> torch.Tensor | None:
         """Draw probabilities of a target's buffer rows under ``reweight`` (else ``None``).

@@ -145,7 +145,7 @@ class SchrodingerBridge(Objective):
     """
 
     name = "asbs"
-    capabilities = Capabilities(space_types=(EuclideanSpace,))
+    capabilities = Capabilities(variance_time=True, space_types=(EuclideanSpace,))
 
     def __init__(self, corrector: Model, settings: ASBSSettings | dict | None = None,
                  corrector_buffer: Buffer | None = None) -> None:

@@ -1,0 +1,1 @@
+"""The application: run configs, run directories, checkpoints and the command line."""

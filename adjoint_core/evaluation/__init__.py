@@ -1,0 +1,1 @@
+"""Evaluation: sample-quality metrics, importance weights and resampling, plots."""

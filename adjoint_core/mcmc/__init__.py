@@ -1,0 +1,1 @@
+"""Markov chain Monte Carlo baselines (MALA, HMC, parallel tempering) and their config runs."""
