@@ -3,7 +3,8 @@
 The core defines five interfaces (:class:`Energy`, :class:`StateSpace`,
 :class:`NoiseSchedule`, :class:`Model`, :class:`Buffer`), the :class:`Target` that groups them
 into a problem, and one training loop, :class:`Trainer`, for every algorithm: Adjoint Sampling
-(:class:`AdjointSampler`), ASBS and iDEM are :class:`Objective` s registered by name. Concrete energies and equivariant networks come
+(:class:`AdjointSampler`), ASBS and iDEM are :class:`Objective` s registered by name. Concrete
+energies and equivariant networks come
 from plugins registered under the ``adjoint_core`` entry-point group.
 """
 

@@ -1,4 +1,5 @@
-"""ASBS (adjoint_core.training.objectives.asbs): the source bridge against its closed form, corrector matching
+"""ASBS (adjoint_core.training.objectives.asbs): the source bridge against its closed form,
+corrector matching
 against the exact base-marginal score, the whole loop on a Gaussian target, persistence and
 the config path.
 

@@ -5,8 +5,8 @@ import argparse
 import pytest
 
 from adjoint_core import hookimpl
-from adjoint_core.plugins import registry as registry_mod
 from adjoint_core.app.cli import main
+from adjoint_core.plugins import registry as registry_mod
 
 
 class _HelloPlugin:

@@ -19,9 +19,9 @@ import torch
 import yaml
 
 from adjoint_core import ConfigError
-from adjoint_core.training import distributed as D
 from adjoint_core.app.checkpoint import load_checkpoint
 from adjoint_core.app.cli import main
+from adjoint_core.training import distributed as D
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -144,8 +144,9 @@ def test_state_for_rank_maps_shards_and_seeds_new_ranks():
     assert same["model"] is gathered["model"]
 
     new = [AdjointSampler.state_for_rank(gathered, r, 4) for r in (2, 3)]  # ranks new to the run
-    assert torch.equal(new[0]["buffers"][0]["data"]["x1"], single["buffers"][0]["data"]["x1"])  # 2 % 2
-    assert torch.equal(new[1]["buffers"][0]["data"]["x1"], same["buffers"][0]["data"]["x1"])  # 3 % 2
+    x1 = [s["buffers"][0]["data"]["x1"] for s in (*new, single, same)]
+    assert torch.equal(x1[0], x1[2])  # 2 % 2
+    assert torch.equal(x1[1], x1[3])  # 3 % 2
     assert new[0]["generator"] is None and new[0]["generator_seed"] != new[1]["generator_seed"]
     assert AdjointSampler.state_for_rank(gathered, 2, 4)["generator_seed"] == \
         new[0]["generator_seed"]

@@ -1,4 +1,5 @@
-"""iDEM (adjoint_core.training.objectives.idem): the MC score estimator against the exact noised Gaussian score,
+"""iDEM (adjoint_core.training.objectives.idem): the MC score estimator against the exact noised
+Gaussian score,
 and a small end-to-end run through the config/train machinery.
 
 Stated tolerances: with K = 4000 the estimator is within 0.08·(1 + |score|) of the closed form
@@ -14,7 +15,11 @@ from adjoint_core import EuclideanSpace, GeometricSchedule
 from adjoint_core.app.config import load_config
 from adjoint_core.app.run import build_trainer, train_run
 from adjoint_core.problem.gaussian import gaussian
-from adjoint_core.training.objectives.idem import IDEM, IDEMSampler, estimate_noised_score, noise_std
+from adjoint_core.training.objectives.idem import (
+    IDEM,
+    estimate_noised_score,
+    noise_std,
+)
 
 
 def _exact_score(energy, x, std):
@@ -91,8 +96,8 @@ def test_idem_learns_a_gaussian_end_to_end(tmp_path):
     # energy evaluations: K per regression point, plus the energies of buffered samples
     assert c["energy_evals"] == 8 * 40 * 128 * 64 + 512 + 8 * 256
     assert c["grad_steps"] == 8 * 40
-    from adjoint_core.evaluation import metrics
     from adjoint_core.app.run import load_run
+    from adjoint_core.evaluation import metrics
 
     s = load_run(tmp_path / "run")
     assert isinstance(s.objective, IDEM) and s.counters["epoch"] == 8

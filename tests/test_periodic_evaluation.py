@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from adjoint_core import EuclideanSpace, PeriodicSpace
-from adjoint_core.evaluation import metrics
 from adjoint_core.app.run import evaluate_samples
+from adjoint_core.evaluation import metrics
 from adjoint_core.evaluation.plotting import plot_pair_distances
 from adjoint_core.problem.models import MLP
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from adjoint_core import GeometricSchedule, LinearSchedule, PeriodicSpace
-from adjoint_core.problem import torus
 from adjoint_core.plugins.registry import ConfigError, Registry
+from adjoint_core.problem import torus
 from adjoint_core.training.sde import simulate
 
 DT = torch.float64

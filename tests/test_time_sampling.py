@@ -14,7 +14,7 @@ from adjoint_core import (
     SchrodingerBridgeSampler,
 )
 from adjoint_core.problem.gaussian import gaussian
-from adjoint_core.training.idem import IDEMSampler
+from adjoint_core.training.objectives.idem import IDEMSampler
 from adjoint_core.training.trainer import TrainSettings
 
 

@@ -13,7 +13,8 @@ Run directory layout::
 Re-running ``train`` on an existing run directory resumes from ``latest.pt``.
 
 Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE > 1`` in the environment) :func:`train_run`
-initialises ``torch.distributed`` and trains data-parallel (:mod:`adjoint_core.training.distributed`);
+initialises ``torch.distributed`` and trains data-parallel
+(:mod:`adjoint_core.training.distributed`);
 only rank 0 reads and writes the run directory and logs. The checkpoint holds rank 0's full
 state plus the other ranks' buffer shards and generators, so it resumes with any number of
 processes, including a plain single-process ``train``.
@@ -42,7 +43,8 @@ from adjoint_core.training.objectives.base import Objective
 from adjoint_core.training.parallel import DataParallel
 from adjoint_core.training.trainer import Trainer
 
-__all__ = ["build_trainer", "build_objective", "train_run", "load_run", "evaluate_samples", "load_reference"]
+__all__ = ["build_trainer", "build_objective", "train_run", "load_run", "evaluate_samples",
+           "load_reference"]
 
 
 def build_objective(cfg: RunConfig, registry: Registry | None = None,

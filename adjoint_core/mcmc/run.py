@@ -14,7 +14,8 @@ ignored here, and ``mcmc:`` defaults apply when it has none.
 
 Outputs: ``FILE.npy``, the kept samples of the target temperature flattened to
 ``(N, prod(event_shape))`` (the reference-data layout), and ``FILE.json``, the report: the
-resolved config, the convergence diagnostics (:meth:`~adjoint_core.mcmc.samplers.MCMCResult.diagnostics`),
+resolved config, the convergence diagnostics
+(:meth:`~adjoint_core.mcmc.samplers.MCMCResult.diagnostics`),
 the wall time and, when ``eval.reference`` is given, the metrics of a seeded random subset of the
 samples against it (:func:`~adjoint_core.app.run.evaluate_samples`).
 """

@@ -18,7 +18,8 @@ finite.
 
 *Proposal density.* On a Euclidean (or mean-free) space ``q(y|x) = N(y; m(x), ε² I)`` on the
 tangent space, ``m(x) = x − ε²/2 b(x)`` (normalising constants cancel). On a periodic space
-(:class:`~adjoint_core.problem.spaces.PeriodicSpace`) the wrapped proposal has the wrapped-normal density
+(:class:`~adjoint_core.problem.spaces.PeriodicSpace`) the wrapped proposal has the wrapped-normal
+density
 ``q(y|x) = Π_c Σ_k N(y_c + kL_c; m_c(x), ε²)``, and the space's ``step_log_prob`` evaluates
 exactly that (a log-sum-exp over images). MALA with wrapping is therefore exactly correct. Using
 only the minimum-image term ``N(minimage(y − m(x)); 0, ε²)`` would be an approximation whose

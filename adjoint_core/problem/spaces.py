@@ -220,7 +220,8 @@ class PeriodicSpace(StateSpace):
     Layouts: ``N`` particles in a ``d``-dimensional box (``n_particles``, ``spatial_dim``,
     ``box`` = one length per axis or one for all), or a flat vector (``dim=D``, ``box`` = one
     length per coordinate or one for all). States are stored wrapped into ``[-L/2, L/2)``
-    (:func:`adjoint_core.problem.torus.wrap`); the source of the base process is the origin, the centre
+    (:func:`adjoint_core.problem.torus.wrap`); the source of the base process is the origin, the
+    centre
     of the box.
 
     Base process: Brownian motion ``dX = g(t) dW`` on the torus, i.e. the Euclidean process
@@ -230,10 +231,12 @@ class PeriodicSpace(StateSpace):
     .. math:: \log p^{base}_1(x) = \sum_c \log \sum_{k=-K}^{K}
               \mathcal N\big(x_c + kL_c;\, 0, h(1)^2\big),
 
-    and :meth:`base_score` is its exact gradient (:func:`~adjoint_core.problem.torus.wrapped_normal_score`),
+    and :meth:`base_score` is its exact gradient
+    (:func:`~adjoint_core.problem.torus.wrapped_normal_score`),
     which is what the terminal adjoint ``a = clip(∇E/τ) + ∇ log p^base_1`` needs. The bridge
     draws the image of ``x_1`` from its posterior under ``N(0, h(1)²)``, runs the Euclidean
-    bridge to it and wraps (:func:`~adjoint_core.problem.torus.wrapped_bridge_sample`). ``tangent`` is
+    bridge to it and wraps (:func:`~adjoint_core.problem.torus.wrapped_bridge_sample`). ``tangent``
+    is
     the identity and ``step``/``project`` wrap.
 
     **Centre of mass: kept free.** On a torus the centre of mass is not a well-defined linear
@@ -253,7 +256,8 @@ class PeriodicSpace(StateSpace):
         spatial_dim: Spatial dimension ``d`` (particle layout).
         dim: Flat layout with ``D`` coordinates (instead of ``n_particles``/``spatial_dim``).
         n_images: Images ``K`` on each side in the wrapped-normal sums; ``None`` (default):
-            ``ceil(6 h(1) / L_min) + 1`` per call (:func:`adjoint_core.problem.torus.default_n_images`).
+            ``ceil(6 h(1) / L_min) + 1`` per call
+            (:func:`adjoint_core.problem.torus.default_n_images`).
 
     Raises:
         ValueError: Inconsistent layout or a non-positive box length.
@@ -351,7 +355,8 @@ class PeriodicSpace(StateSpace):
                       std: float | torch.Tensor) -> torch.Tensor:
         """Log-density of ``y = wrap(mean + std·ε)``, ``ε ~ N(0, I)``: a wrapped normal.
 
-        Used by Metropolis–Hastings corrections (:mod:`adjoint_core.mcmc.samplers`): the exact density
+        Used by Metropolis–Hastings corrections (:mod:`adjoint_core.mcmc.samplers`): the exact
+        density
         of a wrapped Gaussian proposal, summed over images.
 
         Args:

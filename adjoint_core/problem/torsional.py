@@ -3,7 +3,8 @@ r"""The torsional state space: a torus ``T^K = [-π, π)^K`` of torsion angles.
 Torsional Adjoint Sampling (ALGORITHM_NOTES §2) samples only the ``K`` torsion angles of the
 rotatable bonds of a molecule; bond lengths and angles stay those of a reference geometry. The
 state is a vector ``τ ∈ [-π, π)^K`` and everything the loop needs from the space is generic
-torus maths with period ``2π``, shared with periodic boxes through :mod:`adjoint_core.problem.torus`:
+torus maths with period ``2π``, shared with periodic boxes through
+:mod:`adjoint_core.problem.torus`:
 
 * **Base process**: Brownian motion on the torus, ``dτ = g(t) dW`` wrapped; the source is
   ``τ = 0`` (AS-mol sets every torsion of the reference conformer to 0 so the source is the

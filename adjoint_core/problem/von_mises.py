@@ -122,7 +122,8 @@ def von_mises(
 
     The layout is ``dim`` (or the length of a list-valued ``kappa``/``mu``/``box``), or
     ``n_particles`` and ``spatial_dim``; ``box`` may also be one length per spatial axis in the
-    particle layout, like :class:`~adjoint_core.problem.spaces.PeriodicSpace`. Scalars are broadcast.
+    particle layout, like :class:`~adjoint_core.problem.spaces.PeriodicSpace`. Scalars are
+    broadcast.
     """
     if n_particles is not None or spatial_dim is not None:
         if n_particles is None or spatial_dim is None or dim is not None:

@@ -3,7 +3,8 @@ r"""One training loop for every algorithm and every problem (:class:`Trainer`).
 One **epoch** (for Adjoint Sampling, the default objective) is
 
 1. *simulate*: ``samples_per_epoch`` paths of the controlled SDE ``dX = g² u_θ dt + g dW``
-   from the source, by Euler–Maruyama without gradients (:func:`adjoint_core.training.sde.simulate`);
+   from the source, by Euler–Maruyama without gradients
+   (:func:`adjoint_core.training.sde.simulate`);
 2. *energy*: one energy-and-gradient evaluation per terminal sample ``x_1``, giving the
    terminal adjoint ``a(x_1) = clip(∇E/τ) + ∇log p^base_1`` (:mod:`adjoint_core.training.adjoint`);
    the pairs ``(x_1, a)`` go into the replay buffer;

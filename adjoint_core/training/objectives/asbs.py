@@ -45,7 +45,8 @@ law ``ν`` and
 .. math:: \log \frac{dQ}{dP^u} = -\sum_k \tfrac12\|v_k\|^2\Delta t_k - \sum_k v_k\cdot\Delta W_k
           - E(X_1)/\tau - \log \mathcal N\big(X_1; 0, (s^2 + h(1)^2) I\big) + \text{const},
 
-the running terms of :mod:`adjoint_core.training.sde`. These weights are valid importance weights for
+the running terms of :mod:`adjoint_core.training.sde`. These weights are valid importance weights
+for
 any control (resampling by them targets ``ν``), but ``Q`` is not the Schrödinger bridge (whose
 path measure also carries a factor ``φ̂_0(X_0)``), so even the optimal ASBS control has a path
 ESS below one: compare it between ASBS runs, not with Adjoint Sampling's.
@@ -262,8 +263,11 @@ class SchrodingerBridge(Objective):
         return a, e
 
     def collect(self, target: Target, n: int, phase: str) -> torch.Tensor:
-        """Adjoint stage: ``(x0, x1, a)`` rows (``n`` energy evaluations); corrector stage:
-        ``(x1, (x0 − x1)/h(1)²)`` pairs (no energy; base paths in a first corrector stage)."""
+        """Fill the buffer of the phase with ``n`` new rows.
+
+        Adjoint stage: ``(x0, x1, a)`` rows (``n`` energy evaluations); corrector stage:
+        ``(x1, (x0 − x1)/h(1)²)`` pairs (no energy; base paths in a first corrector stage).
+        """
         tr = self.trainer
         t0 = time.perf_counter()
         k = self.stage()[1]
@@ -280,8 +284,11 @@ class SchrodingerBridge(Objective):
 
     def loss(self, target: Target, batch: dict, model: torch.nn.Module, phase: str
              ) -> torch.Tensor:
-        """Adjoint stage: ``mean (u_θ(t, x_t) + a)²`` with the bridge from the stored ``x0``;
-        corrector stage: ``mean (h_φ(1, x1) − (x0 − x1)/h(1)²)²``."""
+        """The phase's regression loss on a batch.
+
+        Adjoint stage: ``mean (u_θ(t, x_t) + a)²`` with the bridge from the stored ``x0``;
+        corrector stage: ``mean (h_φ(1, x1) − (x0 − x1)/h(1)²)²``.
+        """
         tr = self.trainer
         x1 = batch["x1"].to(tr.device)
         if phase == "corrector":
@@ -317,16 +324,21 @@ class SchrodingerBridge(Objective):
 def asbs_objective(make_model: Callable[[], Model], source_std: float = 1.0,
                    am_epochs_per_stage: int = 300, cm_epochs_per_stage: int = 20,
                    init_stage: Literal["adjoint", "corrector"] = "adjoint") -> SchrodingerBridge:
-    """Registry factory of the ``"asbs"`` objective: the corrector is a second network of the
+    """Registry factory of the ``"asbs"`` objective.
+
+    The corrector is a second network of the
     config's ``model:`` section (``make_model()``); the other parameters are
-    :class:`ASBSSettings`."""
+    :class:`ASBSSettings`.
+    """
     return SchrodingerBridge(make_model(), ASBSSettings(
         source_std=source_std, am_epochs_per_stage=am_epochs_per_stage,
         cm_epochs_per_stage=cm_epochs_per_stage, init_stage=init_stage))
 
 
 class SchrodingerBridgeSampler(Trainer):
-    """ASBS on one energy: a :class:`~adjoint_core.training.trainer.Trainer` with the
+    """ASBS on one energy.
+
+    A :class:`~adjoint_core.training.trainer.Trainer` with the
     :class:`SchrodingerBridge` objective.
 
     Args:

@@ -3,7 +3,8 @@ r"""Iterated Denoising Energy Matching (iDEM, Akhound-Sadegh et al. 2024) on the
 iDEM learns the score of the target **convolved with Gaussian noise** and samples by the reverse
 SDE of that score. It reuses the library's :class:`~adjoint_core.Energy`,
 :class:`~adjoint_core.StateSpace`, :class:`~adjoint_core.NoiseSchedule`,
-:class:`~adjoint_core.Model` and :class:`~adjoint_core.Buffer`; only the objective differs from Adjoint Sampling: :class:`IDEM` is an
+:class:`~adjoint_core.Model` and :class:`~adjoint_core.Buffer`; only the objective differs from
+Adjoint Sampling: :class:`IDEM` is an
 :class:`~adjoint_core.training.objectives.base.Objective` of the common trainer, which keeps
 persistence, counters and ``fit``.
 
@@ -50,7 +51,8 @@ filled with ``max(init_samples, samples_per_epoch)`` draws of the prior ``N(0, h
 **Path weights** (:meth:`IDEMSampler.path_log_weights`, used for the path ESS). With the
 noising kernel ``N(x_k; x_{k+1}, Δh²_k I)`` as the backward transition of the target path
 measure, the log importance weight of a simulated path is ``−E(x_1)/τ − log N(x_0; 0, h(1)² I)``
-plus the same running terms as Adjoint Sampling (:mod:`adjoint_core.training.sde`); exact on Euclidean
+plus the same running terms as Adjoint Sampling (:mod:`adjoint_core.training.sde`); exact on
+Euclidean
 and mean-free spaces (wrapping is ignored on periodic ones).
 """
 

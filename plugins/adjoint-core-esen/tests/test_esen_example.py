@@ -17,7 +17,7 @@ pytest.importorskip("adjoint_core_egnn", reason="the example's model needs adjoi
 
 from adjoint_core_esen import ESENEnergy, build_random_checkpoint  # noqa: E402
 
-from adjoint_core.run import load_run, train_run  # noqa: E402
+from adjoint_core.app.run import load_run, train_run  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "esen_ethanol.yaml"
 

@@ -298,7 +298,8 @@ class EGNN(Model):
     def check_space(self, space: StateSpace) -> None:
         """Require a particle space of shape ``(n_particles, spatial_dim)``.
 
-        A :class:`~adjoint_core.problem.spaces.PeriodicSpace` is accepted only by a model built with the
+        A :class:`~adjoint_core.problem.spaces.PeriodicSpace` is accepted only by a model built
+        with the
         same ``box`` (minimum-image edges), and a model with a ``box`` only fits such a space.
 
         Raises:

@@ -1,4 +1,6 @@
-r"""eSEN (FAIR Chemistry, fairchem-core) as an adjoint-core :class:`~adjoint_core.problem.energy.Energy`.
+r"""eSEN (FAIR Chemistry, fairchem-core) as an adjoint-core energy.
+
+An :class:`~adjoint_core.problem.energy.Energy`.
 
 Two layers:
 
