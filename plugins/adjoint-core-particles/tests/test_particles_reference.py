@@ -78,8 +78,9 @@ def _require(name):
 
 
 def test_packaged_sets_ship_with_the_package():
-    assert set(PACKAGED_REFERENCES) == {"dw4_val", "lj13_val"}
-    for name, shape in (("dw4_val", (10000, 8)), ("lj13_val", (10000, 39))):
+    assert set(PACKAGED_REFERENCES) == {"dw4_val", "lj13_val", "lj55_mcmc"}
+    for name, shape in (("dw4_val", (10000, 8)), ("lj13_val", (10000, 39)),
+                        ("lj55_mcmc", (2000, 165))):
         path = packaged_reference_path(name)
         assert path.is_file() and path.parent.name == "data"
         arr = np.load(path)
@@ -87,7 +88,7 @@ def test_packaged_sets_ship_with_the_package():
     data = packaged_reference_path("dw4_val").parent
     assert "jarridrb/DEM" in (data / "README.md").read_text()
     assert "MIT License" in (data / "LICENSE-DEM.txt").read_text()
-    with pytest.raises(ValueError, match="packaged: dw4_val, lj13_val"):
+    with pytest.raises(ValueError, match="packaged: dw4_val, lj13_val, lj55_mcmc"):
         packaged_reference_path("dw4")
 
 
@@ -96,13 +97,15 @@ def test_find_reference_prefers_the_package_data(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no shared/ folder anywhere near
     assert find_reference("dw4") == packaged_reference_path("dw4_val")
     assert find_reference("lj13") == packaged_reference_path("lj13_val")
+    found = find_reference("lj55")  # a generated full set in the repository's data/, else packaged
+    assert found.name == "lj55_mcmc.npy" or found == packaged_reference_path("lj55_mcmc")
 
 
 def test_plugin_registers_the_packaged_sets():
     from adjoint_core.plugins.registry import Registry
 
     reg = Registry()
-    assert {"dw4_val", "lj13_val"} <= set(reg.names("reference"))
+    assert {"dw4_val", "lj13_val", "lj55_mcmc"} <= set(reg.names("reference"))
     entry = reg.get("reference", "dw4_val")
     assert entry.distribution == "adjoint-core-particles" and entry.plugin == "particles"
     assert entry.target == str(packaged_reference_path("dw4_val"))
@@ -138,3 +141,12 @@ def test_lj13_reference_mean_energy():
     # the halved (unordered-pair) convention would be far off: about -17
     halved = (0.5 * lj13().lj_energy(x) + lj13().oscillator_energy(x)).mean().item()
     assert halved > -25.0
+
+
+def test_lj55_reference_mean_energy():
+    from adjoint_core_particles import lj55
+
+    x = load_reference(packaged_reference_path("lj55_mcmc"), 55, 3, dtype=torch.float64)
+    assert x.shape == (2000, 55, 3)
+    # the HMC run's report (data/lj55_mcmc.json) gives -325.38 for all 10,000 states
+    assert lj55().energy(x).mean().item() == pytest.approx(-325.4, abs=1.5)

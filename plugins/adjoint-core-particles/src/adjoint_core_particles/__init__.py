@@ -2,8 +2,8 @@
 
 Energies of the synthetic Adjoint Sampling / iDEM benchmarks (DW-4, LJ-13, LJ-55, GMM-40) as
 :class:`adjoint_core.Energy` subclasses, the periodic Lennard-Jones fluid
-(:class:`PeriodicLennardJonesEnergy`, ``lj_periodic``), the DW-4 and LJ-13 reference samples
-(package data, registered as ``dw4_val`` and ``lj13_val``) and their loaders.
+(:class:`PeriodicLennardJonesEnergy`, ``lj_periodic``), the DW-4, LJ-13 and LJ-55 reference samples
+(package data, registered as ``dw4_val``, ``lj13_val`` and ``lj55_mcmc``) and their loaders.
 Installing the distribution registers them with adjoint-core under the ``particles`` plugin.
 """
 

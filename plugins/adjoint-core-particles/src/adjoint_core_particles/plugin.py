@@ -10,8 +10,8 @@ Registered energies: ``dw4``, ``lj13``, ``lj55``, ``gmm40`` (benchmark presets, 
 ``gaussian_mixture``, and the periodic Lennard-Jones fluid ``lj_periodic``
 (:mod:`adjoint_core_particles.periodic_lj`).
 
-Registered reference sets (package data, :mod:`adjoint_core_particles.reference`): ``dw4_val``
-and ``lj13_val``, for ``eval.reference: dw4_val`` in a config.
+Registered reference sets (package data, :mod:`adjoint_core_particles.reference`): ``dw4_val``,
+``lj13_val`` and ``lj55_mcmc``, for ``eval.reference: dw4_val`` in a config.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Reference (ground-truth) particle samples: the packaged sets, other locations, loaders.
 
-The DW-4 and LJ-13 validation sets of the iDEM and Adjoint Sampling papers ship with this
-distribution as package data (``adjoint_core_particles/data``, provenance and licence in its
-``README.md`` and ``LICENSE-DEM.txt``). They are ``.npy`` arrays of shape
-``(N, n_particles * spatial_dim)`` (flattened ``x1, y1, (z1,) x2, ...``). The DW-4 file is
-**not** mean-free, so :func:`load_reference` removes the centre of mass by default.
+Three reference sets ship with this distribution as package data (``adjoint_core_particles/data``,
+provenance and licences in its ``README.md`` and ``LICENSE-DEM.txt``): the DW-4 and LJ-13
+validation splits of the iDEM and Adjoint Sampling papers (``dw4_val``, ``lj13_val``), and
+2,000 LJ-55 states of this project's own HMC reference run (``lj55_mcmc``). They are ``.npy``
+arrays of shape ``(N, n_particles * spatial_dim)`` (flattened ``x1, y1, (z1,) x2, ...``). The
+DW-4 file is **not** mean-free, so :func:`load_reference` removes the centre of mass by default.
 
 The plugin registers them by name (:data:`PACKAGED_REFERENCES`, hook ``register_references``),
 so a config says ``eval.reference: dw4_val`` and ``adjoint-core evaluate`` takes
@@ -19,7 +20,9 @@ so a config says ``eval.reference: dw4_val`` and ``adjoint-core evaluate`` takes
    this module's directory (an optional extra location for larger sets);
 4. ``<ancestor>/data`` for the same ancestors: the repository's own ``data/`` folder, where
    generated references go, e.g. the full 10,000-sample LJ-55 set made by
-   ``adjoint-core mcmc bench/configs/lj55_mcmc.yaml --out data/lj55_mcmc.npy``.
+   ``adjoint-core mcmc bench/configs/lj55_mcmc.yaml --out data/lj55_mcmc.npy``;
+
+and otherwise returns the packaged set of that system (for LJ-55 its 2,000-state subset).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "REFERENCE_FILES",
     "REFERENCE_SHAPES",
     "PACKAGED_REFERENCES",
+    "SYSTEM_REFERENCES",
     "DATA_ENV_VAR",
     "packaged_reference_path",
     "find_reference",
@@ -54,7 +58,11 @@ REFERENCE_SHAPES: dict[str, tuple[int, int]] = {"dw4": (4, 2), "lj13": (13, 3),
                                                 "lj55": (55, 3)}
 
 #: Reference sets shipped as package data: registered name → file name in ``data/``.
-PACKAGED_REFERENCES: dict[str, str] = {"dw4_val": "dw4_val.npy", "lj13_val": "lj13_val.npy"}
+PACKAGED_REFERENCES: dict[str, str] = {"dw4_val": "dw4_val.npy", "lj13_val": "lj13_val.npy",
+                                       "lj55_mcmc": "lj55_mcmc_2000.npy"}
+
+#: The packaged set of each system of :data:`REFERENCE_FILES`.
+SYSTEM_REFERENCES: dict[str, str] = {"dw4": "dw4_val", "lj13": "lj13_val", "lj55": "lj55_mcmc"}
 
 
 def _data_dir() -> Path:
@@ -66,7 +74,8 @@ def packaged_reference_path(name: str) -> Path:
     """Installed path of a reference set shipped with this package.
 
     Args:
-        name: A key of :data:`PACKAGED_REFERENCES` (``"dw4_val"`` or ``"lj13_val"``).
+        name: A key of :data:`PACKAGED_REFERENCES` (``"dw4_val"``, ``"lj13_val"`` or
+            ``"lj55_mcmc"``).
 
     Returns:
         The ``.npy`` file inside the installed package.
@@ -104,8 +113,8 @@ def find_reference(name: str) -> Path | None:
         name: A key of :data:`REFERENCE_FILES` (``"dw4"``, ``"lj13"`` or ``"lj55"``).
 
     Returns:
-        The first existing candidate (see the module docstring for the search order), or
-        ``None`` (only possible for ``"lj55"``, which is generated, not shipped).
+        The first existing candidate (see the module docstring for the search order), else
+        the packaged set of the system; ``None`` only if the package data is missing.
 
     Raises:
         ValueError: If ``name`` is not a known reference set.
@@ -119,7 +128,8 @@ def find_reference(name: str) -> Path | None:
         candidate = directory / filename
         if candidate.is_file():
             return candidate
-    return None
+    packaged = packaged_reference_path(SYSTEM_REFERENCES[name])
+    return packaged if packaged.is_file() else None
 
 
 def load_reference(
