@@ -94,8 +94,9 @@ myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
 
 # -- HTML ------------------------------------------------------------------------------------
-html_theme = "alabaster"
+# furo (https://pradyunsg.me/furo/): a maintained theme with a readable content width, code
+# blocks that scroll instead of overflowing, and a light/dark mode.
+html_theme = "furo"
 html_title = f"adjoint-core {release}"
 html_static_path: list[str] = []
-html_theme_options = {"description": "Adjoint Sampling of Boltzmann densities",
-                      "fixed_sidebar": True}
+html_theme_options = {"navigation_with_keys": True}

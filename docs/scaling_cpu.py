@@ -48,10 +48,10 @@ def run_once(n_procs: int, out: Path, config: Path) -> dict:
     """Train the config with ``n_procs`` processes into a fresh ``out``; return its timings."""
     train = ["train", str(config), "--out", str(out), "--no-progress"]
     if n_procs == 1:
-        cmd = [sys.executable, "-m", "adjoint_core.cli", *train]
+        cmd = [sys.executable, "-m", "adjoint_core.app.cli", *train]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc-per-node", str(n_procs), "-m", "adjoint_core.cli", *train]
+               "--nproc-per-node", str(n_procs), "-m", "adjoint_core.app.cli", *train]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     load = os.getloadavg()[0]
     t0 = time.perf_counter()

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adjoint_core.evaluation import metrics
 from adjoint_core.app.config import load_config
 from adjoint_core.app.run import load_run, train_run
+from adjoint_core.evaluation import metrics
 from adjoint_core.mcmc.samplers import run_mcmc
 from adjoint_core.problem.periodic import radial_distribution
 

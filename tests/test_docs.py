@@ -89,7 +89,7 @@ def test_narrative_pages_have_runnable_examples():
 
 def test_cli_help_lists_every_command():
     texts = dict(adjoint_docs.cli_help_texts())
-    for command in ("train", "sample", "evaluate", "plugins"):
+    for command in ("train", "sample", "evaluate", "plugins", "info"):
         assert f"adjoint-core {command}" in texts
         assert texts[f"adjoint-core {command}"].startswith(f"usage: adjoint-core {command}")
 
@@ -109,10 +109,11 @@ def test_sphinx_build_passes_with_warnings_as_errors(tmp_path):
     for page in ("index.html", "quickstart.html", "algorithm.html", "state-spaces.html",
                  "cli.html", "benchmarks.html", "tutorials/write-your-own-energy.html",
                  "tutorials/compose-in-python.html", "conventions.html", "api/index.html",
-                 "api/_generated/adjoint_core.html"):
+                 "architecture.html", "changelog.html", "api/_generated/adjoint_core.html"):
         assert (html / page).is_file(), page
+    assert "furo" in (html / "index.html").read_text()  # the maintained theme, not the default
     for _, package in adjoint_docs.discover_packages():
         assert (html / "api" / "_generated" / f"{package}.html").is_file(), package
-    api = (html / "api" / "_generated" / "adjoint_core.sampler.html").read_text()
+    api = (html / "api" / "_generated" / "adjoint_core.training.trainer.html").read_text()
     assert "AdjointSampler" in api
     assert "https://docs.pytorch.org/docs/stable/tensors.html#torch.Tensor" in api  # intersphinx

@@ -112,8 +112,11 @@ def _verdict(record: dict, out: Path) -> str:
                                    for i, (c, w) in enumerate(zip(r, widths, strict=True)))
                   for r in rows]
         lines += [f"  {_VERDICT_METRICS[k]}." for k in keys]
-        lines.append(f"  Lower is better; each is measured on {int(final['n_samples'])} samples, "
-                     "so even two exact sample sets differ by a little.")
+        sizes = f"{int(final['n_samples'])} samples"
+        if final.get("geometric_samples") and "geometric_w2_papers" in keys:
+            sizes += f" ({int(final['geometric_samples'])} for the geometric W2)"
+        lines.append(f"  Lower is better (0: the same distribution); measured on {sizes} against "
+                     "as many reference samples, so even two exact sample sets differ a little.")
         if start is not None and final["energy_w2"] < start["energy_w2"]:
             fold = start["energy_w2"] / max(final["energy_w2"], 1e-12)
             lines.append(f"  Training lowered the energy W2 {fold:.0f}-fold; the mean energy moved "

@@ -7,7 +7,7 @@ section (:class:`~adjoint_core.mcmc.samplers.MCMCSettings`)::
     energy: {name: lj13}
     space:  {name: euclidean, n_particles: 13, spatial_dim: 3, mean_free: true}
     mcmc:   {method: mala, n_chains: 1000, burn_in: 2000, n_steps: 2000, thin: 100}
-    eval:   {reference: ../shared/data/particles/lj13_val.npy, n_samples: 2000}
+    eval:   {reference: lj13_val, n_samples: 2000}   # a registered reference set, or a file
 
 A training config (with ``model``, ``train``, … sections) is accepted too: those sections are
 ignored here, and ``mcmc:`` defaults apply when it has none.

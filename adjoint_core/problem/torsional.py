@@ -1,6 +1,7 @@
 r"""The torsional state space: a torus ``T^K = [-π, π)^K`` of torsion angles.
 
-Torsional Adjoint Sampling (ALGORITHM_NOTES §2) samples only the ``K`` torsion angles of the
+Torsional Adjoint Sampling (Havens et al., ICML 2025; its code, "AS-mol",
+github.com/facebookresearch/adjoint_sampling) samples only the ``K`` torsion angles of the
 rotatable bonds of a molecule; bond lengths and angles stay those of a reference geometry. The
 state is a vector ``τ ∈ [-π, π)^K`` and everything the loop needs from the space is generic
 torus maths with period ``2π``, shared with periodic boxes through

@@ -32,8 +32,9 @@ truncation error is below ``exp(-((K + 1/2)L)² / (2σ²))``. :func:`default_n_i
 bridge to a lift of ``x_1``, wrapped: the lift ``x_1 + kL`` is drawn with probability
 ``w_k(x_1)`` (the posterior of the image under the ambient terminal law ``N(0, h(1)²)``,
 :func:`sample_image`), then ``x_t = wrap(λ(t)(x_1 + kL) + σ_bridge(t) ε)``
-(:func:`wrapped_bridge_sample`). This is the torsional construction of AS-mol
-(ALGORITHM_NOTES §2.2) for any period.
+(:func:`wrapped_bridge_sample`). This is the torsional construction of AS-mol (the Adjoint
+Sampling paper's code, github.com/facebookresearch/adjoint_sampling; wrapped normals as in
+torsional diffusion, Jing et al., NeurIPS 2022) for any period.
 
 **Features.** Networks see a periodic coordinate through ``sin(2πnx/L), cos(2πnx/L)``
 (:func:`periodic_features`), which is smooth and exactly periodic.

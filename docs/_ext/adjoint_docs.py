@@ -327,7 +327,7 @@ def cli_help_texts() -> list[tuple[str, str]]:
     """``(command, --help text)`` of ``adjoint-core`` and each of its sub-commands."""
     import os
 
-    from adjoint_core import cli
+    from adjoint_core.app import cli
 
     old = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = "96"  # argparse wraps to the terminal: fix the width for the docs

@@ -10,7 +10,8 @@ from scipy.stats import multivariate_normal
 from adjoint_core import EuclideanSpace
 from adjoint_core.testing import assert_energy_gradient, check_energy_contract
 
-# Appendix A of reference/ALGORITHM_NOTES.md (rounded to 3 decimals), rows 0-4 and 35-39.
+# Means of iDEM's GMM-40 (github.com/jarridrb/DEM, dem/energies/gmm_energy.py: fab-torch
+# GMM(dim=2, n_mixes=40, loc_scaling=40) after torch.manual_seed(0)), rounded to 3 decimals.
 APPENDIX_A = {
     0: [-0.299, 21.458],
     1: [-32.922, -29.438],
