@@ -278,7 +278,7 @@ def build_components(cfg: RunConfig, registry: Registry | None = None) -> dict[s
     first = targets[0]
     schedule = reg.build("schedule", cfg.schedule.name, cfg.schedule.params)
     model = reg.build("model", cfg.model.name, cfg.model.params, space=first.space,
-                      energy=first.energy)
+                      energy=first.energy, schedule=schedule)
     try:
         for target in targets:
             model.check_space(target.space)

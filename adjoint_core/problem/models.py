@@ -17,9 +17,11 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from adjoint_core.problem.schedules import NoiseSchedule
 from adjoint_core.problem.spaces import PeriodicSpace, StateSpace
 
-__all__ = ["Model", "MLP", "FourierTimeEmbedding"]
+__all__ = ["Model", "MLP", "FourierTimeEmbedding", "PreconditionedControl",
+           "control_loss_weight", "bridge_loss_weight"]
 
 
 class Model(nn.Module, ABC):
@@ -125,3 +127,124 @@ class MLP(Model):
         flat = x.reshape(x.shape[0], -1)
         out = self.net(torch.cat([flat / self.input_scale, self.time(t.to(flat.dtype))], dim=-1))
         return out.reshape(x.shape)
+
+
+class PreconditionedControl(Model):
+    r"""Time-dependent output scaling of a control network (EDM-style preconditioning).
+
+    The control of the base bridge pinned at ``x_1`` is ``(x_1 − x_t)/r(t)`` with
+    ``r(t) = h(1)² − h(t)²``; the optimal control ``(E[x_1 | x_t] − x_t)/r(t)`` therefore grows
+    like ``1/\sqrt{r}`` towards ``t = 1`` (thousands for ``σ_min = 10⁻³``), a range a network
+    with outputs of order one cannot span. This wrapper lets the inner network ``F_θ`` predict
+    the normalised displacement and derives the control
+
+    .. math:: u_θ(t, x) = \frac{c(t)}{r(t)}\,F_θ(t, x), \qquad
+              c(t)^2 = \frac{r\,h(1)^2\,s^2}{r\,h(1)^2 + s^2\,h(t)^2},
+
+    where ``c(t)`` is EDM's ``c_out = σ s/\sqrt{σ² + s²}`` (Karras et al., "Elucidating the
+    design space of diffusion-based generative models", NeurIPS 2022) with the noise level
+    ``σ(t)² = r\,h(1)²/h(t)²`` of ``x_t/λ(t)`` about ``x_1`` on the base bridge, and ``s`` the
+    data scale: ``c`` is the posterior standard deviation of ``x_1`` given ``x_t`` for data of
+    scale ``s`` (``c = s`` at ``t = 0``, ``c ≈ \sqrt{r}`` as ``t → 1``). The regression targets
+    in ``F``-space are then of order one at every time, provided the objectives weight their
+    control-space losses so that the loss is uniform in ``F``:
+    :func:`bridge_loss_weight` ``= 1/c²`` for the bridge-matching warm-up (whose residual is
+    ``r·u − (x_1 − x_t) = c·(F − (x_1 − x_t)/c)``) and :func:`control_loss_weight`
+    ``= (r/c)²`` for adjoint matching (residual ``u + a = (c/r)(F + a·r/c)``). Both objectives
+    (:class:`~adjoint_core.training.objectives.bridge.BridgeMatching`,
+    :class:`~adjoint_core.training.objectives.adjoint_sampling.AdjointSampling`) apply them
+    when the trained model is a ``PreconditionedControl``; other objectives regress the control
+    unweighted. Without this wrapper nothing changes.
+
+    ``r`` is floored at ``min_remaining · h(1)²`` so that ``t = 1`` stays finite.
+
+    Args:
+        net: The inner network ``F_θ(t, x[, context])``.
+        schedule: The base process's noise schedule (``h(t)²``).
+        data_scale: ``s > 0``, in the units of the states (Å for molecules).
+        min_remaining: Floor of ``r(t)/h(1)²``, ``0 < min_remaining < 1``.
+    """
+
+    def __init__(self, net: nn.Module, schedule: NoiseSchedule, data_scale: float = 0.5,
+                 min_remaining: float = 1e-9) -> None:
+        super().__init__()
+        if not data_scale > 0:
+            raise ValueError(f"data_scale must be > 0, got {data_scale}")
+        if not 0 < min_remaining < 1:
+            raise ValueError(f"min_remaining must be in (0, 1), got {min_remaining}")
+        self.net = net
+        self.schedule = schedule
+        self.data_scale = float(data_scale)
+        self.min_remaining = float(min_remaining)
+
+    def check_space(self, space: StateSpace) -> None:
+        """The inner network's check."""
+        check = getattr(self.net, "check_space", None)
+        if check is not None:
+            check(space)
+
+    def scales(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(c(t), r(t))`` in float64, shape of ``t`` (``r`` floored, see the class)."""
+        t = t.detach().to(torch.float64)
+        h1 = self.schedule.h1_squared
+        ht = self.schedule.h2(t)
+        rem = (h1 - ht).clamp_min(self.min_remaining * h1)
+        s2 = self.data_scale ** 2
+        c = (rem * h1 * s2 / (rem * h1 + s2 * ht)).sqrt()
+        return c, rem
+
+    def output_scale(self, t: torch.Tensor) -> torch.Tensor:
+        """``c(t)/r(t)``, the factor from ``F_θ`` to the control (float64, shape of ``t``)."""
+        c, rem = self.scales(t)
+        return c / rem
+
+    def forward(self, t: torch.Tensor, x: torch.Tensor, context: dict | None = None
+                ) -> torch.Tensor:
+        """``u_θ(t, x) = c(t)/r(t) · F_θ(t, x[, context])``."""
+        out = self.net(t, x) if context is None else self.net(t, x, context)
+        scale = self.output_scale(t.reshape(-1)).to(out.dtype)
+        if scale.numel() == 1:
+            scale = scale.expand(out.shape[0])
+        return out * scale.view(-1, *([1] * (out.ndim - 1)))
+
+
+def _preconditioned(model: nn.Module) -> PreconditionedControl | None:
+    """The :class:`PreconditionedControl` inside ``model`` (DDP / averaged wrappers), if any."""
+    for _ in range(3):
+        if isinstance(model, PreconditionedControl):
+            return model
+        model = getattr(model, "module", None)
+        if model is None:
+            return None
+    return None
+
+
+def control_loss_weight(model: nn.Module, t: torch.Tensor) -> torch.Tensor | None:
+    """Per-row weight ``(r/c)²`` of a control-space regression, or ``None``.
+
+    ``None`` (no weighting) unless ``model`` is a :class:`PreconditionedControl`.
+
+    Args:
+        model: The trained network (possibly wrapped by DDP).
+        t: Regression times, shape ``(batch,)``.
+
+    Returns:
+        Weights of shape ``(batch,)`` in float64, or ``None``.
+    """
+    pre = _preconditioned(model)
+    if pre is None:
+        return None
+    c, rem = pre.scales(t)
+    return (rem / c).square()
+
+
+def bridge_loss_weight(model: nn.Module, t: torch.Tensor) -> torch.Tensor | None:
+    """Per-row weight ``1/c²`` of the bridge-matching loss, or ``None``.
+
+    Same arguments and ``None`` rule as :func:`control_loss_weight`.
+    """
+    pre = _preconditioned(model)
+    if pre is None:
+        return None
+    c, _ = pre.scales(t)
+    return c.square().reciprocal()

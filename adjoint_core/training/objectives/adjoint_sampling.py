@@ -11,6 +11,9 @@ paths of the controlled SDE, evaluates the energy once per terminal sample ``x_1
 base bridge between the origin and ``x_1``, and minimises ``mean (u_θ(t, x_t) + a(x_1))²``
 (:func:`~adjoint_core.training.adjoint.adjoint_matching_loss`). Under ``train.reweight`` the
 rows also store the path log-weight ``log dP*/dP^u`` and are drawn in proportion to it.
+A :class:`~adjoint_core.problem.models.PreconditionedControl` network gets each row weighted
+by :func:`~adjoint_core.problem.models.control_loss_weight`, so that the regression is
+uniform in its inner network's output.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 
 import torch
 
+from adjoint_core.problem.models import control_loss_weight
 from adjoint_core.problem.target import Target
 from adjoint_core.training.adjoint import adjoint_matching_loss, terminal_adjoint
 from adjoint_core.training.objectives.base import Capabilities, Objective
@@ -60,4 +64,8 @@ class AdjointSampling(Objective):
         t = tr.regression_times(x1.shape[0], x1.dtype)
         xt = target.space.bridge_sample(x1, t, tr.schedule, tr.generator)
         out = target.space.tangent(target.call(model, t, xt))
-        return adjoint_matching_loss(out, a)
+        weight = control_loss_weight(model, t)
+        if weight is None:
+            return adjoint_matching_loss(out, a)
+        sq = (out + a).pow(2).flatten(1).mean(1)
+        return (weight.to(sq.dtype) * sq).mean()

@@ -10,10 +10,13 @@ sampler starts from a distribution close to the data instead of from noise. With
 .. math:: \mathrm{mean}\,\big(r(t)\,u_θ(t, x_t) − (x_1 − x_t)\big)^2 ,
           \qquad x_t \sim \text{base bridge}(0 \to x_1),\; t \sim U(0, 1),
 
-which costs no energy evaluations. The trainer runs it for ``train.warmup_epochs`` epochs
-(:class:`~adjoint_core.training.trainer.TrainSettings`), then its objective continues from
-those weights. Each target keeps its reference rows in a buffer of its own, apart from the
-objective's.
+which costs no energy evaluations. When the trained network is a
+:class:`~adjoint_core.problem.models.PreconditionedControl`, each row is weighted by
+``1/c(t)²`` (:func:`~adjoint_core.problem.models.bridge_loss_weight`), which makes the loss
+uniform in the inner network's output so that late times are trained too. The trainer runs it
+for ``train.warmup_epochs`` epochs (:class:`~adjoint_core.training.trainer.TrainSettings`),
+then its objective continues from those weights. Each target keeps its reference rows in a
+buffer of its own, apart from the objective's.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 import torch
 
 from adjoint_core.problem.buffer import Buffer, ReplayBuffer
+from adjoint_core.problem.models import bridge_loss_weight
 from adjoint_core.problem.target import Target
 from adjoint_core.training.objectives.base import Capabilities, Objective
 
@@ -72,7 +76,11 @@ class BridgeMatching(Objective):
 
     def loss(self, target: Target, batch: dict, model: torch.nn.Module, phase: str
              ) -> torch.Tensor:
-        """``mean (r(t)·u_θ(t, x_t) − (x_1 − x_t))²`` at fresh ``t`` and bridge noise."""
+        """``mean (r(t)·u_θ(t, x_t) − (x_1 − x_t))²`` at fresh ``t`` and bridge noise.
+
+        Weighted per row by :func:`~adjoint_core.problem.models.bridge_loss_weight` for a
+        preconditioned network (module docstring).
+        """
         tr = self.trainer
         x1 = batch["x1"].to(tr.device)
         t = torch.rand(x1.shape[0], generator=tr.generator, device=tr.device)
@@ -80,7 +88,11 @@ class BridgeMatching(Objective):
         rem = (tr.schedule.h1_squared - tr.schedule.h2(t.double())).to(x1.dtype)
         rem = rem.view(-1, *([1] * (x1.ndim - 1)))
         out = target.space.tangent(target.call(model, t, xt))
-        return (rem * out - (x1 - xt)).pow(2).mean()
+        weight = bridge_loss_weight(model, t)
+        if weight is None:
+            return (rem * out - (x1 - xt)).pow(2).mean()
+        sq = (rem * out - (x1 - xt)).pow(2).flatten(1).mean(1)
+        return (weight.to(sq.dtype) * sq).mean()
 
     def row_extras(self, epoch: int) -> dict:
         """Marks warm-up epochs in the log."""

@@ -23,7 +23,8 @@ import argparse
 import torch
 
 from adjoint_core import hookimpl
-from adjoint_core.problem.models import Model
+from adjoint_core.problem.models import Model, PreconditionedControl
+from adjoint_core.problem.schedules import NoiseSchedule
 from adjoint_core.problem.spaces import StateSpace
 
 from .energy import KT_300K, make_energy
@@ -77,20 +78,31 @@ class BoundContextModel(Model):
 
 
 def molecular_egnn(smiles: str | None = None, hidden: int = 64, n_layers: int = 4,
-                   time_dim: int = 16, space: StateSpace | None = None
-                   ) -> MolecularEGNN | BoundContextModel:
+                   time_dim: int = 16, precondition: bool = False, data_scale: float = 0.5,
+                   space: StateSpace | None = None, schedule: NoiseSchedule | None = None
+                   ) -> Model:
     """Registry factory: :class:`MolecularEGNN`, bound to the molecule ``smiles`` if given.
 
     Without ``smiles`` the bare network is returned; it is called with each target's context
-    (the ``molecules`` problem).
+    (the ``molecules`` problem). With ``precondition`` the network is wrapped in
+    :class:`~adjoint_core.problem.models.PreconditionedControl` (output scaled by
+    ``c(t)/r(t)`` of the run's schedule, data scale ``data_scale`` in Å; the warm-up and
+    Adjoint Sampling losses are then weighted so that late times are trained, see
+    ``docs/chem.md``). Off by default.
     """
+    if precondition and schedule is None:
+        raise ValueError("model.precondition: true needs the run's schedule (build the model "
+                         "through a run config)")
     if smiles is None:
-        net = MolecularEGNN(hidden, n_layers, time_dim)
+        net: Model = MolecularEGNN(hidden, n_layers, time_dim)
         if space is not None:
             net.check_space(space)
-        return net
-    mol = _checked(smiles, space)
-    return BoundContextModel(MolecularEGNN(hidden, n_layers, time_dim), mol.context())
+    else:
+        mol = _checked(smiles, space)
+        net = BoundContextModel(MolecularEGNN(hidden, n_layers, time_dim), mol.context())
+    if precondition:
+        return PreconditionedControl(net, schedule, data_scale)
+    return net
 
 
 @hookimpl
