@@ -178,6 +178,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``chem-train`` and ``conformers`` to the ``adjoint-core`` command line."""
+    from .api import add_input_arguments, run_conformers_command
+
     p = subparsers.add_parser("chem-train", help="alias of `train` with a torch thread count "
                               "(amortized conformer configs: problem: {name: molecules})")
     p.add_argument("config", help="run config (YAML), as for `adjoint-core train`")
@@ -188,8 +190,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     c = subparsers.add_parser("conformers", help="generate conformers from SMILES with a "
                               "trained amortized sampler (one SDF per molecule)")
-    c.add_argument("run_dir", help="run directory of `adjoint-core train` (a molecular problem)")
-    c.add_argument("--smiles-file", required=True,
+    add_input_arguments(c)
+    c.add_argument("--smiles-file", default=None,
                    help="TSV with a SMILES column, or lines 'SMILES [name]'")
     c.add_argument("--num-conformers", type=int, required=True, help="conformers per molecule")
     c.add_argument("--out", required=True, help="output folder for the SDF files")
@@ -202,4 +204,4 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=int, default=0, help="seed (molecule i uses seed + i)")
     c.add_argument("--limit", type=int, default=0, help="only the first N molecules (0: all)")
     c.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    c.set_defaults(func=_run_conformers)
+    c.set_defaults(func=run_conformers_command)

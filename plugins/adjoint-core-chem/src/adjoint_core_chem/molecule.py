@@ -36,7 +36,7 @@ from rdkit.Chem import AllChem
 
 __all__ = [
     "SUPPORTED_ELEMENTS", "ELEMENT_SYMBOLS", "N_ATOM_FEATURES", "N_PAIR_FEATURES", "MAX_TOPO",
-    "MoleculeError", "Molecule", "mol_from_smiles", "read_smiles_file",
+    "MoleculeError", "Molecule", "mol_from_smiles", "mol_from_rdkit", "read_smiles_file",
 ]
 
 #: Atomic numbers the plugin supports (the SPICE / paper set): H C N O F P S Cl Br I.
@@ -242,6 +242,35 @@ def mol_from_smiles(smiles: str, name: str | None = None) -> Molecule:
         RDLogger.EnableLog("rdApp.*")
     if mol is None:
         raise MoleculeError(f"molecule {label!r}: RDKit cannot parse the SMILES {smiles!r}")
+    return _from_rdkit(mol, smiles.strip(), label)
+
+
+def mol_from_rdkit(mol: Chem.Mol, name: str | None = None) -> Molecule:
+    """A :class:`Molecule` from an RDKit molecule, keeping its atom order.
+
+    Hydrogens are added (``Chem.AddHs``) after the molecule's own atoms, as for a SMILES;
+    explicit hydrogen atoms already in ``mol`` keep their places.
+
+    Args:
+        mol: The molecule (conformers, if any, are ignored).
+        name: Label (default: the ``_Name`` property, else the SMILES).
+
+    Raises:
+        MoleculeError: Not an RDKit molecule, an unsupported element or fewer than two atoms.
+    """
+    if not isinstance(mol, Chem.Mol):
+        raise MoleculeError(f"molecule {name!r}: expected an RDKit Mol, got "
+                            f"{type(mol).__name__}")
+    smiles = Chem.MolToSmiles(Chem.RemoveHs(mol, sanitize=False))
+    label = name or (mol.GetProp("_Name") if mol.HasProp("_Name") and mol.GetProp("_Name")
+                     else smiles)
+    base = Chem.Mol(mol)
+    base.RemoveAllConformers()
+    return _from_rdkit(base, smiles, label)
+
+
+def _from_rdkit(mol: Chem.Mol, smiles: str, label: str) -> Molecule:
+    """The :class:`Molecule` of a parsed RDKit molecule (hydrogens added here)."""
     mol = Chem.AddHs(mol)
     bad = sorted({a.GetSymbol() for a in mol.GetAtoms()
                   if a.GetAtomicNum() not in _TYPE_OF})
@@ -262,7 +291,7 @@ def mol_from_smiles(smiles: str, name: str | None = None) -> Molecule:
         dst += [j, i]
         bt += [k, k]
     edge_index = torch.tensor([src, dst], dtype=torch.long).reshape(2, -1)
-    return Molecule(smiles=smiles.strip(), name=label, mol=mol, atomic_numbers=z,
+    return Molecule(smiles=smiles, name=label, mol=mol, atomic_numbers=z,
                     atom_types=types, edge_index=edge_index,
                     bond_types=torch.tensor(bt, dtype=torch.long))
 
@@ -272,10 +301,11 @@ def read_smiles_file(path: str) -> list[tuple[str, str]]:
 
     Accepts a TSV with a header containing a ``SMILES`` column (and optionally ``Hash_Name`` /
     ``Rot_Hash`` / ``name`` for the name), or plain lines ``SMILES [name]``. Blank lines and
-    lines starting with ``#`` are skipped. Unnamed molecules are called ``mol<index>``.
+    lines starting with ``#`` are skipped; Windows line ends (CRLF) are accepted. Unnamed
+    molecules are called ``mol<index>``.
     """
     with open(path) as fh:
-        lines = [ln.rstrip("\n") for ln in fh if ln.strip() and not ln.startswith("#")]
+        lines = [ln.rstrip("\r\n") for ln in fh if ln.strip() and not ln.startswith("#")]
     if not lines:
         return []
     head = lines[0].split("\t")
