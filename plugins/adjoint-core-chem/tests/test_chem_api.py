@@ -137,3 +137,18 @@ def test_diagnostics_and_callback(tmp_path):
     assert tr.history[0]["diag/CCO/valid_fraction"] == rows[0]["diag/CCO/valid_fraction"]
     png = plot_diagnostics(tr.history, tmp_path / "diag.png")
     assert png.stat().st_size > 1000
+
+
+def test_gpu_config_model_builds_preconditioned():
+    """examples/chem_spice_gpu.yaml validates (tests/test_example_configs.py) and its model
+    section builds the preconditioned network with the run's schedule."""
+    from pathlib import Path
+
+    from adjoint_core.plugins.registry import default_registry
+
+    path = Path(__file__).resolve().parents[3] / "examples" / "chem_spice_gpu.yaml"
+    cfg = load_config(path)
+    reg = default_registry()
+    schedule = reg.build("schedule", cfg.schedule.name, cfg.schedule.params)
+    model = reg.build("model", cfg.model.name, cfg.model.params, schedule=schedule)
+    assert isinstance(model, PreconditionedControl) and model.data_scale == 0.5
