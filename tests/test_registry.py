@@ -84,7 +84,7 @@ def test_bad_parameters_name_the_field():
         reg.build("schedule", "geometric", {"sigma_min": 1.0, "sigma_max": 0.5})
     with pytest.raises(ConfigError, match=r"schedule\.sigma_min.*'abc'"):
         reg.build("schedule", "geometric", {"sigma_min": "abc"})
-    with pytest.raises(ConfigError, match=r"buffer\.size: unknown parameter.*capacity"):
+    with pytest.raises(ConfigError, match=r"buffer\.size: .*: unknown parameter.*capacity"):
         reg.build("buffer", "fifo", {"size": 3})
 
 

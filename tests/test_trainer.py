@@ -148,7 +148,7 @@ def test_third_party_objective_by_name_from_a_config(tmp_path):
                        "space": {"name": "euclidean", "dim": 2},
                        "model": {"name": "mlp"}, "algorithm": {"name": "scaled_adjoint",
                                                                "scael": 3.0}})
-    with pytest.raises(ConfigError, match="objective.scael: unknown parameter"):
+    with pytest.raises(ConfigError, match="objective.scael: 3.0: unknown parameter"):
         build_trainer(bad, reg)
 
 

@@ -110,7 +110,7 @@ def test_warm_start_with_another_network_is_refused(source_run, tmp_path):
 
 def test_warm_start_from_a_missing_checkpoint_names_the_path(tmp_path):
     cfg = _fine_tune(tmp_path / "nowhere")
-    with pytest.raises(ConfigError, match=r"init_from: no checkpoint at .*nowhere"):
+    with pytest.raises(ConfigError, match=r"init_from: .*nowhere.*: no checkpoint at .*nowhere"):
         _train(cfg, tmp_path / "ft")
 
 

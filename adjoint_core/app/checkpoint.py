@@ -10,17 +10,20 @@ target, so a crash during a write never leaves a corrupt checkpoint behind.
 
 from __future__ import annotations
 
+import errno
 import importlib.metadata as im
 import os
+import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 __all__ = [
     "COMPONENT_SECTIONS", "save_checkpoint", "load_checkpoint", "environment_versions",
-    "CheckpointError",
+    "CheckpointError", "CheckpointWriteError", "atomic_write", "atomic_write_text",
 ]
 
 FORMAT_VERSION = 2
@@ -28,6 +31,75 @@ FORMAT_VERSION = 2
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or belongs to another configuration."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint (or another run file) failed; the previous version is unchanged.
+
+    Attributes:
+        path: The file that could not be written.
+        errno: The operating system's error number (``errno.ENOSPC``: disk full, ...).
+    """
+
+    def __init__(self, path: str | Path, exc: OSError) -> None:
+        self.path = Path(path)
+        self.errno = exc.errno
+        name = errno.errorcode.get(exc.errno, "?") if exc.errno is not None else "?"
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        super().__init__(f"{path}: cannot be written ({name}: {reason}); the previous version of "
+                         "the file is unchanged")
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Write a file atomically: ``write(fh)`` into a temporary file beside it, then rename.
+
+    The data is flushed to disk before the rename, so after a crash, a full disk or a failed
+    write the path holds either its previous content or the complete new one, never a torn
+    file; the temporary file is removed on failure. Missing folders are created.
+
+    Args:
+        path: Target file.
+        write: Writes the content to the binary file object it is given.
+
+    Returns:
+        The path written.
+
+    Raises:
+        CheckpointWriteError: The folder or the file cannot be written (naming the path and
+            the error number).
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, _file_mode(path))  # mkstemp's 0600 would make results private
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CheckpointWriteError(path, exc) from exc
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _file_mode(path: Path) -> int:
+    """The permissions of the file at ``path``, or those a new file gets (``0666 & ~umask``)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write` of a UTF-8 text."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
 
 
 def environment_versions() -> dict[str, str]:
@@ -49,23 +121,14 @@ def save_checkpoint(path: str | Path, state: dict, config: dict | None = None) -
 
     Returns:
         The path written.
+
+    Raises:
+        CheckpointWriteError: The write failed (disk full, permission, ...); the previous
+            checkpoint at ``path`` is unchanged.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT_VERSION, "state": state, "config": config or {},
                "versions": environment_versions()}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 #: The config sections a checkpoint's state depends on (a resumed run must match all of them).
@@ -89,14 +152,16 @@ def load_checkpoint(path: str | Path, expected_config: dict | None = None,
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint: {path}: checkpoint not found (a run writes it at the "
+                              "end of its first epoch)")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"checkpoint: {path}: cannot read checkpoint ({detail})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path} is not an adjoint-core checkpoint of format {FORMAT_VERSION} "
+            f"checkpoint: {path}: not an adjoint-core checkpoint of format {FORMAT_VERSION} "
             f"(found format {payload.get('format') if isinstance(payload, dict) else '?'})"
         )
     if expected_config is not None:
@@ -105,6 +170,6 @@ def load_checkpoint(path: str | Path, expected_config: dict | None = None,
         if diff:
             details = "; ".join(f"{k}: checkpoint {stored.get(k)} vs config "
                                 f"{expected_config.get(k)}" for k in diff)
-            raise CheckpointError(f"checkpoint {path} was made with another configuration "
-                                  f"({details})")
+            raise CheckpointError(f"checkpoint: {path}: was made with another configuration "
+                                  f"({details}); use another run directory")
     return payload

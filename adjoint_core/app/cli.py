@@ -16,23 +16,48 @@ or a file.
 ``train`` also runs data-parallel under ``torchrun --nproc-per-node N adjoint-core train …``
 (or ``python -m torch.distributed.run … -m adjoint_core.app.cli train …``): rank 0 alone prints,
 shows the progress bar and writes the run directory (see ``docs/scaling.md``).
+
+A mistake in an argument, a config or an input file ends with one line on stderr,
+``error: <field or argument>: <value>: <what is allowed>``, and a non-zero exit status
+(a traceback means a bug). Exit statuses: 0 success; 1 the run failed for a reason outside its
+inputs (a write failed: disk full, permission; out of memory); 2 a bad argument, config, file,
+or a run directory in use by another training; 3 training diverged (non-finite losses or
+samples; the last good checkpoint is kept); 143 (128 + SIGTERM) training was pre-empted by
+SIGTERM or SIGUSR1, wrote a checkpoint at the end of its current epoch and stopped: run the same
+command to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import re
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
 
-from adjoint_core.app.checkpoint import CheckpointError
-from adjoint_core.plugins.registry import ConfigError, default_registry
+from adjoint_core.app.checkpoint import CheckpointError, CheckpointWriteError
+from adjoint_core.plugins.registry import ConfigError, default_registry, is_resource_error
+from adjoint_core.training.trainer import NonFiniteEnergyError
 
-__all__ = ["main"]
+__all__ = ["main", "ArgumentParser", "arg_int", "arg_seed", "arg_device", "arg_output",
+           "EXIT_FAILED", "EXIT_USAGE", "EXIT_DIVERGED", "EXIT_PREEMPTED"]
+
+#: Exit status: the run failed for a reason outside its inputs (a write failed, out of memory).
+EXIT_FAILED = 1
+#: Exit status: a bad argument, config or input file, or a run directory in use (argparse's too).
+EXIT_USAGE = 2
+#: Exit status: training diverged (non-finite losses or samples); the last checkpoint is kept.
+EXIT_DIVERGED = 3
+#: Exit status: pre-empted by SIGTERM or SIGUSR1 after writing a checkpoint (128 + SIGTERM).
+EXIT_PREEMPTED = 143
 
 
 def _parse_value(text: str):
@@ -48,6 +73,138 @@ def _rank() -> int:
         return int(os.environ.get("RANK", "0"))
     except ValueError:
         return 0
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse`` parser whose errors are one line: ``error: <argument>: <value>: <allowed>``.
+
+    Sub-parsers (also those plugins add through ``register_commands``) are of this class too.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print the one-line error and exit with status 2 (argparse's usage-error status)."""
+        self.exit(EXIT_USAGE, f"error: {_argparse_message(message, self)}\n")
+
+
+def _argparse_message(message: str, parser: argparse.ArgumentParser) -> str:
+    """An argparse message in the ``<argument>: <value>: <what is allowed>`` form."""
+    message = " ".join(message.split())
+    usage = " ".join(parser.format_usage().split()).removeprefix("usage: ")
+    patterns: list[tuple[str, Callable[[re.Match], str]]] = [
+        (r"argument (?P<a>[^:]+): invalid choice: (?P<v>.*) \(choose from (?P<c>.*)\)",
+         lambda m: f"{m['a']}: {m['v']}: one of {m['c']}"),
+        (r"argument (?P<a>[^:]+): invalid (?P<t>\w+) value: (?P<v>.*)",
+         lambda m: f"{m['a']}: {m['v']}: a value of type {m['t']}"),
+        (r"argument (?P<a>[^:]+): expected (?P<n>.*) arguments?",
+         lambda m: f"{m['a']}: missing value: expects {m['n']} value(s) (usage: {usage})"),
+        (r"argument (?P<a>[^:]+): (?P<rest>.*)", lambda m: f"{m['a']}: {m['rest']}"),
+        (r"the following arguments are required: (?P<a>.*)",
+         lambda m: f"{m['a']}: missing: required (usage: {usage})"),
+        (r"unrecognized arguments: (?P<a>.*)",
+         lambda m: f"{m['a']}: unrecognized: not an argument of this command (see "
+                   f"{parser.prog} COMMAND --help)"),
+    ]
+    for pattern, fmt in patterns:
+        m = re.fullmatch(pattern, message)
+        if m:
+            return fmt(m)
+    return message
+
+
+def arg_int(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: an integer ``>= low`` (and ``<= high``).
+
+    Args:
+        low: Smallest value allowed.
+        high: Largest value allowed (``None``: no bound).
+
+    Returns:
+        The conversion function; a bad value reads ``--arg: 'x': an integer >= low``.
+    """
+    allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: {allowed}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text!r}: {allowed}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+_seed = arg_int(0, 2**63 - 1)
+
+
+def arg_seed(text: str) -> int:
+    """An argparse ``type``: a seed of torch generators, an integer ``0 <= seed < 2**63``."""
+    return _seed(text)
+
+
+def arg_device(text: str) -> str:
+    """An argparse ``type``: a device this machine has (``cpu``, ``cuda``, ``cuda:N``, ``auto``)."""
+    from adjoint_core.training import distributed
+
+    try:
+        distributed.resolve_device(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("device: ")) from None
+    return text
+
+
+def _unwritable(path: Path, directory: bool) -> str | None:
+    """Why ``path`` (a file, or a directory) cannot be written; ``None`` when it can."""
+    if directory and path.exists() and not path.is_dir():
+        return "exists and is not a directory"
+    if not directory and path.is_dir():
+        return "is a directory; give a file name"
+    folder = (path if directory else path.parent).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return f"cannot write in {folder} ({exc.strerror})"
+    return None
+
+
+def arg_output(directory: bool = False) -> Callable[[str], str]:
+    """An argparse ``type``: a path where a file (or a directory) can be written.
+
+    Nothing is created: the nearest existing folder gets a temporary file to prove that it is
+    writable, so a command fails before its work rather than when it saves the result.
+    """
+
+    def parse(text: str) -> str:
+        if not text or "\x00" in text:
+            raise argparse.ArgumentTypeError(f"{text!r}: a path (not empty, no NUL character)")
+        reason = _unwritable(Path(text), directory)
+        if reason:
+            raise argparse.ArgumentTypeError(f"{text}: {reason}")
+        return text
+
+    parse.__name__ = "path"
+    return parse
+
+
+def save_array(path: str | Path, array: np.ndarray) -> Path:
+    """Write ``array`` as ``.npy`` atomically (temporary file, then rename); returns the path.
+
+    ``np.save`` adds ``.npy`` to a name without it; so does this, and the path returned is the
+    one written.
+    """
+    from adjoint_core.app.checkpoint import atomic_write
+
+    path = Path(path)
+    if path.suffix != ".npy":
+        path = path.with_name(path.name + ".npy")
+    return atomic_write(path, lambda fh: np.save(fh, array))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -145,17 +302,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.resample:
         from adjoint_core.evaluation.importance import importance_resample
 
-        if args.resample < 1:
-            raise ConfigError(f"--resample must be an integer >= 1 (oversampling factor), got "
-                              f"{args.resample}")
         print(f"simulating {args.resample} x {args.num_samples} paths for importance resampling")
         rs = importance_resample(sampler, args.num_samples, args.resample, generator=gen,
                                  n_steps=args.n_steps, batch_size=bs,
                                  progress=not args.no_progress)
         x = sampler.space.flatten(rs.x).cpu().numpy()
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(out, x)
+        out = save_array(args.out, x)
         print(f"wrote {x.shape[0]} importance-resampled samples of width {x.shape[1]} to {out} "
               f"(normalised ESS {rs.ess:.4f} of {rs.n_drawn} paths, {rs.n_unique} distinct)")
         warning = rs.few_effective_warning()
@@ -170,9 +322,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             chunks.append(sampler.sample(b, n_steps=args.n_steps, batch_size=b, generator=gen))
             bar.update(b)
     x = sampler.space.flatten(torch.cat(chunks)).cpu().numpy()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, x)
+    out = save_array(args.out, x)
     print(f"wrote {x.shape[0]} samples of width {x.shape[1]} to {out}")
     return 0
 
@@ -184,25 +334,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     params = {}
     for item in args.param or []:
-        if "=" not in item:
-            raise ConfigError(f"--param expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         params[k] = _parse_value(v)
-    energy = default_registry().build("energy", args.energy, params)
+    try:
+        energy = default_registry().build("energy", args.energy, params)
+    except ConfigError as exc:  # name the arguments, not the config fields
+        text = str(exc)
+        text = ("--energy" + text.removeprefix("energy.name")) if text.startswith("energy.name") \
+            else re.sub(r"^energy\.(\w+)", r"--param \1", text)
+        raise ConfigError(text) from None
     shape = energy.event_shape
     space = (EuclideanSpace(shape[0], shape[1], mean_free=True) if len(shape) == 2
              else EuclideanSpace(dim=int(np.prod(shape))))
-    samples = load_reference(args.samples, space)
-    reference = load_reference(args.reference, space)
+    samples = load_reference(args.samples, space, field="samples", allow_nonfinite=True)
+    finite = torch.isfinite(samples.flatten(1)).all(-1)
+    samples = samples[finite]
+    reference = load_reference(args.reference, space, field="--reference")
     res = evaluate_samples(samples, reference, energy, space, args.num_samples,
                            args.geometric_samples, tuple(args.protocol), seed=args.seed)
     res = {"samples": str(args.samples), "reference": str(args.reference),
-           "energy": args.energy, **res}
+           "energy": args.energy, "nonfinite_samples_dropped": int((~finite).sum()), **res}
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        from adjoint_core.app.checkpoint import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
     return 0
+
+
+def _key_value(text: str) -> str:
+    """The ``--param`` argument type: ``KEY=VALUE`` with a non-empty key."""
+    if "=" not in text or not text.split("=", 1)[0].strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: KEY=VALUE (a parameter of the energy)")
+    return text
 
 
 def cmd_mcmc(args: argparse.Namespace) -> int:
@@ -294,27 +459,42 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``adjoint-core``."""
     import adjoint_core
 
-    p = argparse.ArgumentParser(prog="adjoint-core", description=__doc__.split("\n")[0])
+    p = ArgumentParser(prog="adjoint-core", description=__doc__.split("\n")[0],
+                       epilog="Exit status: 0 success; 1 a write failed or memory ran out; 2 a "
+                              "bad argument, config or file, or a run directory in use; 3 "
+                              "training diverged (the last good checkpoint is kept); 143 "
+                              "pre-empted by SIGTERM or SIGUSR1 after writing a checkpoint (run "
+                              "the same command to resume).")
     p.add_argument("--version", action="version",
                    version=f"adjoint-core {adjoint_core.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a sampler from a YAML config")
+    t = sub.add_parser("train", help="train a sampler from a YAML config",
+                       description="Train a sampler from a YAML config into a run directory, or "
+                                   "resume it. On SIGTERM or SIGUSR1 (what SLURM sends before "
+                                   "a time limit) the run finishes its current epoch, writes a "
+                                   "checkpoint and exits with status 143; the same command "
+                                   "resumes it bit for bit. A run that diverges (non-finite "
+                                   "losses or samples) stops with status 3 and keeps its last "
+                                   "good checkpoint.")
     t.add_argument("config", help="run config (YAML)")
-    t.add_argument("--out", required=True, help="run directory (resumes if it has a checkpoint)")
+    t.add_argument("--out", type=arg_output(directory=True), required=True,
+                   help="run directory (resumes if it has a checkpoint; locked while training)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("run_dir")
-    s.add_argument("--num-samples", type=int, required=True)
-    s.add_argument("--out", required=True, help="output .npy, shape (N, prod(event_shape))")
-    s.add_argument("--n-steps", type=int, default=None, help="SDE steps (default: training)")
-    s.add_argument("--batch-size", type=int, default=None)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default=None)
+    s.add_argument("--num-samples", type=arg_int(1), required=True)
+    s.add_argument("--out", type=arg_output(), required=True,
+                   help="output .npy, shape (N, prod(event_shape))")
+    s.add_argument("--n-steps", type=arg_int(1), default=None,
+                   help="SDE steps (default: training)")
+    s.add_argument("--batch-size", type=arg_int(1), default=None)
+    s.add_argument("--seed", type=arg_seed, default=0)
+    s.add_argument("--device", type=arg_device, default=None)
     s.add_argument("--no-progress", action="store_true")
-    s.add_argument("--resample", type=int, default=0, metavar="K",
+    s.add_argument("--resample", type=arg_int(0), default=0, metavar="K",
                    help="simulate K x N paths and resample N by their path weights "
                         "(costs K x N energy evaluations; see adjoint_core.evaluation.importance)")
     s.set_defaults(func=cmd_sample)
@@ -323,18 +503,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("samples", help=".npy of shape (N, prod(event_shape))")
     e.add_argument("--reference", required=True)
     e.add_argument("--energy", required=True, help="registered energy name, e.g. dw4")
-    e.add_argument("--param", action="append", help="energy parameter KEY=VALUE (repeatable)")
-    e.add_argument("--num-samples", type=int, default=2000)
-    e.add_argument("--geometric-samples", type=int, default=2000)
+    e.add_argument("--param", action="append", type=_key_value,
+                   help="energy parameter KEY=VALUE (repeatable)")
+    e.add_argument("--num-samples", type=arg_int(2), default=2000)
+    e.add_argument("--geometric-samples", type=arg_int(0), default=2000)
     e.add_argument("--protocol", nargs="+", default=["papers", "invariant"],
                    choices=["papers", "invariant"])
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--out", default=None, help="write the JSON here too")
+    e.add_argument("--seed", type=arg_seed, default=0)
+    e.add_argument("--out", type=arg_output(), default=None, help="write the JSON here too")
     e.set_defaults(func=cmd_evaluate)
 
     mc = sub.add_parser("mcmc", help="MALA/RWM (optionally tempered) MCMC on a config's energy")
     mc.add_argument("config", help="config (YAML) with energy, space and an mcmc: section")
-    mc.add_argument("--out", required=True, help="output .npy; the report goes to .json beside")
+    mc.add_argument("--out", type=arg_output(), required=True,
+                    help="output .npy; the report goes to .json beside")
     mc.add_argument("--no-progress", action="store_true")
     mc.set_defaults(func=cmd_mcmc)
 
@@ -360,15 +542,57 @@ def _add_plugin_commands(sub: argparse._SubParsersAction) -> None:
             reg.record_failure(impl.plugin_name, exc)
 
 
+def _report(prefix: str, exc: BaseException | str, status: int) -> int:
+    """Print ``[rank R] <prefix>: <message>`` as one line on stderr; returns ``status``."""
+    rank = f"[rank {_rank()}] " if _world_size() > 1 else ""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"{rank}{prefix}: {text}", file=sys.stderr, flush=True)
+    return status
+
+
+def _world_size() -> int:
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1") or 1)
+    except ValueError:
+        return 1
+
+
+def _os_error_message(exc: OSError) -> str:
+    """``<path>: <what failed> (<ERRNO>: <reason>)`` of an operating-system error."""
+    name = errno.errorcode.get(exc.errno, "?") if exc.errno is not None else "?"
+    where = exc.filename if exc.filename is not None else "file"
+    return f"{where}: cannot be read or written ({name}: {exc.strerror or exc})"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``adjoint-core`` console script."""
+    """Entry point of the ``adjoint-core`` console script.
+
+    Returns:
+        The exit status (see the module's documentation): 0, or :data:`EXIT_FAILED`,
+        :data:`EXIT_USAGE`, :data:`EXIT_DIVERGED`, :data:`EXIT_PREEMPTED` after one line on
+        stderr. argparse's own errors exit with status 2 through ``SystemExit``.
+    """
+    from adjoint_core.app.run import Preempted
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except CheckpointWriteError as exc:
+        return _report("error", exc, EXIT_FAILED)
     except (ConfigError, CheckpointError) as exc:
-        rank = f"[rank {_rank()}] " if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else ""
-        print(f"{rank}error: {exc}", file=sys.stderr)
-        return 2
+        return _report("error", exc, EXIT_USAGE)
+    except NonFiniteEnergyError as exc:
+        return _report("error", exc, EXIT_DIVERGED)
+    except Preempted as exc:
+        return _report("preempted", exc, EXIT_PREEMPTED)
+    except OSError as exc:
+        return _report("error", _os_error_message(exc), EXIT_FAILED)
+    except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not (isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or is_resource_error(exc)):
+            raise
+        return _report("error", f"memory: out of memory ({' '.join(str(exc).split())[:160]}); "
+                                "lower the sizes: buffer.capacity, train.sim_batch_size, "
+                                "train.train_batch_size, the model, --batch-size", EXIT_FAILED)
 
 
 if __name__ == "__main__":

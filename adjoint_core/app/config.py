@@ -24,17 +24,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from adjoint_core.mcmc.samplers import MCMCSettings
-from adjoint_core.plugins.registry import ConfigError, Registry, default_registry
+from adjoint_core.plugins.registry import ConfigError, Registry, default_registry, show_value
 from adjoint_core.problem.target import Problem, Target
 from adjoint_core.training.objectives.asbs import ASBSSettings
 from adjoint_core.training.objectives.idem import IDEMSettings
 from adjoint_core.training.trainer import TrainSettings
 
 __all__ = ["ComponentSpec", "EvalSettings", "RunConfig", "load_config", "validate_config",
-           "build_components", "merge_config", "read_config_file"]
+           "build_components", "merge_config", "read_config_file", "format_validation",
+           "UniqueKeyLoader", "check_device_name"]
 
 
 class ComponentSpec(BaseModel):
@@ -63,7 +64,7 @@ class EvalSettings(BaseModel):
         protocols: Geometric-W2 protocols to report.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     reference: str | None = None
     n_samples: int = Field(2000, ge=2)
@@ -76,9 +77,11 @@ class EvalSettings(BaseModel):
 class RunConfig(BaseModel):
     """A complete, validated run description."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    seed: int = 0
+    #: Seed of every random stream of the run (``0 <= seed < 2**63``).
+    seed: int = Field(0, ge=0, lt=2**63)
+    #: ``cpu``, ``cuda``, ``cuda:N``, ``auto`` (CUDA when available) or another torch device.
     device: str = "cpu"
     #: One target: its energy and state space. Give these, or ``problem``.
     energy: ComponentSpec | None = None
@@ -126,32 +129,81 @@ class RunConfig(BaseModel):
             return section.model_dump(exclude_unset=True)
         return {}
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_device_name(value)
+
     @model_validator(mode="after")
     def _algorithm_sections(self) -> RunConfig:
         name = self.algorithm_name
         for section in ("asbs", "idem"):
             default = type(getattr(self, section))()
+            given = getattr(self, section).model_dump(exclude_unset=True)
             if name != section and getattr(self, section) != default:
-                raise ValueError(f"an {section}: section only acts with algorithm: {section} "
-                                 f"(got algorithm: {name})")
+                raise ValueError(f"{section}: {show_value(given)}: an {section}: section only "
+                                 f"acts with algorithm: {section} (got algorithm: {name})")
             if name == section and isinstance(self.algorithm, ComponentSpec) and \
                     getattr(self, section) != default:
-                raise ValueError(f"give the {section} parameters either in algorithm: or in "
-                                 f"the {section}: section, not both")
+                raise ValueError(f"{section}: {show_value(given)}: give the {section} parameters "
+                                 f"either in algorithm: or in the {section}: section, not both")
         if self.problem is None and (self.energy is None or self.space is None):
-            raise ValueError("give energy: and space: (one target) or problem: (several)")
+            missing = " and ".join(k for k in ("energy", "space") if getattr(self, k) is None)
+            raise ValueError(f"{missing}: missing: give energy: and space: (one target) or "
+                             "problem: (several)")
         if self.problem is not None and (self.energy is not None or self.space is not None):
-            raise ValueError("problem: builds its own energies and spaces; remove energy: and "
-                             "space:")
+            raise ValueError(f"problem: {self.problem.name!r}: builds its own energies and "
+                             "spaces; remove energy: and space:")
         return self
 
 
-def _format_validation(exc: ValidationError, source: str) -> str:
-    lines = [f"invalid config {source}:"]
+def check_device_name(value: str) -> str:
+    """Check the syntax of a ``device`` value (whether it exists is checked when it is used).
+
+    Raises:
+        ValueError: Not ``auto`` and not a torch device string.
+    """
+    import torch
+
+    if value != "auto":
+        try:
+            torch.device(value)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError("not a device; use cpu, cuda, cuda:N, mps or auto") from None
+    return value
+
+
+#: Prefixes pydantic puts before the message of a validator's exception.
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def format_validation(exc: ValidationError, source: str | None = None) -> str:
+    """One line ``field: value: what is allowed`` per error of a validation, joined by semicolons.
+
+    Messages of the configs' own validators already start with ``field: value:`` and are kept
+    as they are; a missing field reads ``field: missing: a value is required``.
+
+    Args:
+        exc: The pydantic error.
+        source: The config file, appended as ``(in FILE)``.
+    """
+    parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
-    return "\n".join(lines)
+        msg = err["msg"]
+        for prefix in _PYDANTIC_PREFIXES:
+            msg = msg.removeprefix(prefix)
+        if err["type"] == "missing":
+            parts.append(f"{loc}: missing: a value is required")
+        elif err["type"] == "extra_forbidden":
+            parts.append(f"{loc}: {show_value(err.get('input'))}: not a field here ({msg})")
+        elif err["type"] in ("value_error", "assertion_error") and \
+                isinstance(err.get("input"), dict):
+            parts.append(msg)  # a section-level check: its message names the field
+        else:
+            parts.append(f"{loc or 'config'}: {show_value(err.get('input'))}: {msg}")
+    text = "; ".join(parts)
+    return f"{text} (in {source})" if source else text
 
 
 def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -176,6 +228,61 @@ def merge_config(base: dict[str, Any], override: dict[str, Any]) -> dict[str, An
     return out
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML safe loader that rejects a key given twice in one mapping.
+
+    PyYAML keeps the last of two equal keys silently; a config that sets ``lr`` twice is a
+    mistake, so this loader raises :class:`ConfigError` naming the key (dotted, e.g.
+    ``train.lr``) and the lines of both. Set :attr:`source` to name the file in the message.
+    """
+
+    #: The file being read (for messages).
+    source: str = "<string>"
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        """Record every mapping's dotted path, then construct the document."""
+        self._paths: dict[int, str] = {}
+        stack = [(node, "")]
+        while stack:
+            n, path = stack.pop()
+            if id(n) in self._paths:  # an alias of a node already seen
+                continue
+            if isinstance(n, yaml.MappingNode):
+                self._paths[id(n)] = path
+                for k, v in n.value:
+                    name = k.value if isinstance(k, yaml.ScalarNode) else "?"
+                    stack.append((v, f"{path}.{name}" if path else name))
+            elif isinstance(n, yaml.SequenceNode):
+                self._paths[id(n)] = path
+                stack.extend((v, f"{path}[{i}]") for i, v in enumerate(n.value))
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """Construct a mapping after checking that no key appears twice.
+
+        Raises:
+            ConfigError: ``<dotted key>: given twice (lines A and B of FILE): ...``.
+        """
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: PyYAML reports it below
+                    continue
+                line = key_node.start_mark.line + 1
+                if first is not None:
+                    parent = getattr(self, "_paths", {}).get(id(node), "")
+                    dotted = f"{parent}.{key}" if parent else str(key)
+                    raise ConfigError(f"{dotted}: given twice (lines {first} and {line} of "
+                                      f"{self.source}): give each key once")
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config file into a mapping, resolving ``base:`` inheritance.
 
@@ -185,28 +292,43 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
     resolution: the working directory, then the folder of the file that was loaded.
 
     Raises:
-        ConfigError: Missing file, invalid YAML, a non-mapping document, a ``base`` that is
-            not a string, or a cycle of bases.
+        ConfigError: Missing or unreadable file, invalid YAML, a key given twice in one
+            mapping, a non-mapping document, a ``base`` that is not a string, or a cycle of
+            bases.
     """
     p = Path(path)
+    field = "base" if _chain else "config"
     if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+        what = "a directory, not a file" if p.is_dir() else "config file not found"
+        raise ConfigError(f"{field}: {p}: {what}; give the path of a YAML config file")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{field}: {p}: cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{field}: {p}: not a text file; give a YAML config file") from None
+    loader = UniqueKeyLoader(text)
+    loader.source = str(p)
+    try:
+        data = loader.get_single_data()
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {p} is not valid YAML: {exc}") from None
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{field}: {p}: not valid YAML ({detail})") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
-        raise ConfigError(f"config {p} must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{field}: {p}: must be a mapping of sections (key: value lines), got "
+                          f"{'an empty file' if data is None else type(data).__name__}")
     base = data.pop("base", None)
     if base is None:
         return data
     if not isinstance(base, str) or not base:
-        raise ConfigError(f"config {p}: base must be the path of another config file, got "
-                          f"{base!r}")
+        raise ConfigError(f"base: {show_value(base)}: must be the path of another config file "
+                          f"(in {p})")
     base_path = (p.parent / base).resolve()
     chain = (*_chain, p.resolve())
     if base_path in chain:
-        raise ConfigError("config bases form a cycle: "
+        raise ConfigError(f"base: {base}: config bases form a cycle: "
                           + " -> ".join(str(c) for c in (*chain, base_path)))
     return merge_config(read_config_file(base_path, chain), data)
 
@@ -228,7 +350,8 @@ def validate_config(model: type[BaseModel], path: str | Path | dict) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_validation(exc, source)) from None
+        raise ConfigError(format_validation(exc, source if source != "<dict>" else None)) \
+            from None
 
 
 def load_config(path: str | Path | dict) -> RunConfig:
@@ -262,14 +385,16 @@ def build_components(cfg: RunConfig, registry: Registry | None = None) -> dict[s
         problem = reg.build("problem", cfg.problem.name, cfg.problem.params,
                             make_buffer=make_buffer)
         if not isinstance(problem, Problem) or not problem.targets:
-            raise ConfigError(f"problem {cfg.problem.name!r} built no targets")
+            raise ConfigError(f"problem: {cfg.problem.name!r}: built no targets; give it at "
+                              "least one usable target")
         targets = problem.targets
     else:
         space = reg.build("space", cfg.space.name, cfg.space.params)
         energy = reg.build("energy", cfg.energy.name, cfg.energy.params, space=space)
         if tuple(energy.event_shape) != tuple(space.event_shape):
             raise ConfigError(
-                f"energy {cfg.energy.name!r} has event shape {energy.event_shape} but space "
+                f"space: {cfg.space.name!r}: energy {cfg.energy.name!r} has event shape "
+                f"{energy.event_shape} but space "
                 f"{cfg.space.name!r} has {space.event_shape}: check space.n_particles / "
                 f"space.spatial_dim (or space.dim) against the energy"
             )
@@ -283,6 +408,6 @@ def build_components(cfg: RunConfig, registry: Registry | None = None) -> dict[s
         for target in targets:
             model.check_space(target.space)
     except ValueError as exc:
-        raise ConfigError(f"model {cfg.model.name!r}: {exc}") from None
+        raise ConfigError(f"model: {cfg.model.name!r}: {exc}") from None
     return {"targets": targets, "problem": problem, "schedule": schedule, "model": model,
             "space": first.space, "energy": first.energy, "buffer": first.buffer}

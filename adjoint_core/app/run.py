@@ -9,8 +9,21 @@ Run directory layout::
     RUN_DIR/checkpoints/latest.pt  full state after the last finished epoch (atomic writes)
     RUN_DIR/metrics.json           per-epoch log, evaluations, counters, wall time per phase
     RUN_DIR/plots/*.png            loss curve, energy histogram, 2-D sample plots
+    RUN_DIR/train.lock             held (``fcntl.flock``) by the training writing the directory
 
 Re-running ``train`` on an existing run directory resumes from ``latest.pt``.
+
+**Reliability.** Every file is written atomically (a temporary file, flushed, then renamed), so
+a crash, a kill or a full disk leaves the previous version; a failed checkpoint write stops the
+run with the path and error number and the previous checkpoint stays loadable. ``metrics.json``
+is written before the checkpoint of the same epoch, and a resumed run drops the evaluations
+newer than its checkpoint (they are made again). A second ``train`` on a directory that a
+training is writing fails with a message naming that process (pid, host); the kernel releases
+the lock when its holder dies, so a crashed run's directory is taken over. SIGTERM and SIGUSR1
+make training finish its current epoch, write a checkpoint and raise :class:`Preempted` (the
+CLI exits with status 143); the same command resumes bit for bit. A diverged epoch
+(:class:`~adjoint_core.training.trainer.TrainingDiverged`) is not saved: the message names the
+last good checkpoint, which resumes.
 
 Under ``torchrun --nproc-per-node N`` (``WORLD_SIZE > 1`` in the environment) :func:`train_run`
 initialises ``torch.distributed`` and trains data-parallel
@@ -22,7 +35,13 @@ processes, including a plain single-process ``train``.
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
+import os
+import signal
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +50,12 @@ import numpy as np
 import torch
 import yaml
 
-from adjoint_core.app.checkpoint import load_checkpoint, save_checkpoint
+from adjoint_core.app.checkpoint import (
+    CheckpointWriteError,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+)
 from adjoint_core.app.config import RunConfig, build_components, load_config
 from adjoint_core.evaluation import metrics
 from adjoint_core.plugins.registry import ConfigError, Registry, default_registry
@@ -41,10 +65,159 @@ from adjoint_core.problem.spaces import PeriodicSpace, StateSpace
 from adjoint_core.training import distributed
 from adjoint_core.training.objectives.base import Objective
 from adjoint_core.training.parallel import DataParallel
-from adjoint_core.training.trainer import Trainer
+from adjoint_core.training.trainer import NonFiniteEnergyError, Trainer, TrainingDiverged
 
 __all__ = ["build_trainer", "build_objective", "train_run", "load_run", "evaluate_samples",
-           "load_reference"]
+           "load_reference", "Preempted", "RunDirectoryInUse", "RunLock", "LOCK_FILE",
+           "STOP_SIGNALS"]
+
+#: Name of the lock file in a run directory.
+LOCK_FILE = "train.lock"
+#: Signals that stop training at the end of the current epoch, after a checkpoint.
+STOP_SIGNALS = ("SIGTERM", "SIGUSR1")
+
+
+class Preempted(RuntimeError):
+    """Training stopped on SIGTERM or SIGUSR1 after writing a checkpoint (it resumes).
+
+    Attributes:
+        signal: The signal's name.
+        epoch: The epoch of the checkpoint written.
+        checkpoint: Its path.
+    """
+
+    def __init__(self, signal_name: str, epoch: int, checkpoint: Path) -> None:
+        self.signal, self.epoch, self.checkpoint = signal_name, epoch, checkpoint
+        super().__init__(f"{signal_name} received: wrote the checkpoint of epoch {epoch} to "
+                         f"{checkpoint} and stopped; run the same command to resume")
+
+
+class RunDirectoryInUse(ConfigError):
+    """Another training holds the run directory's lock (the message names it)."""
+
+
+class RunLock:
+    """Exclusive lock of a run directory while a training writes into it.
+
+    An ``fcntl.flock`` on ``RUN_DIR/train.lock``, which also holds the holder's pid, host and
+    start time for the message of a second training. The kernel releases a flock when its
+    process dies, so the directory of a crashed run is taken over (and said so). Where
+    ``fcntl`` or file locks are unavailable (Windows, some network file systems) the run goes
+    on unlocked.
+
+    Args:
+        run_dir: The run directory (it must exist).
+        log: Where notes go (taking over a dead process's lock, locking unavailable).
+    """
+
+    def __init__(self, run_dir: Path, log=print) -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.log = log
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            RunDirectoryInUse: Another live process holds it (naming its pid and host).
+            CheckpointWriteError: The lock file cannot be created.
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointWriteError(self.path, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            who = (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since "
+                   f"{holder.get('started', '?')}") if holder else "a process that is starting"
+            raise RunDirectoryInUse(
+                f"--out: {self.path.parent}: in use by another training ({who}); wait for it "
+                f"to finish, stop it, or choose another run directory") from None
+        except OSError as exc:  # no file locks on this file system
+            os.close(fd)
+            self.log(f"warning: cannot lock {self.path} ({exc.strerror}); running unlocked")
+            return self
+        old = self._holder(fd)
+        if old:
+            self.log(f"taking over {self.path} from pid {old.get('pid')} on host "
+                     f"{old.get('host')}, which no longer holds it (a run that was killed)")
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        self._fd = fd
+        return self
+
+    @staticmethod
+    def _holder(fd: int) -> dict:
+        """The pid, host and start time written in the lock file (empty if none)."""
+        try:
+            data = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def release(self) -> None:
+        """Empty the lock file and release the lock (the file stays)."""
+        if self._fd is None:
+            return
+        import fcntl
+
+        try:
+            os.ftruncate(self._fd, 0)
+        except OSError:
+            pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+class _StopRequest:
+    """Handlers of :data:`STOP_SIGNALS` that ask training to stop at the next epoch boundary.
+
+    The first signal is recorded and the signal's previous handler restored, so a second one
+    acts at once (by default: terminates; the last checkpoint stays). Handlers can only be
+    installed in the main thread; elsewhere nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+        previous = self._previous.get(signum)
+        signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
+
+    def requested(self, ctx: distributed.DistContext | None) -> str | None:
+        """The signal that asked to stop, on any rank (a collective under ``torchrun``)."""
+        if ctx is None:
+            return self.signal
+        names = [n for n in distributed.all_gather_objects(self.signal) if n]
+        return names[0] if names else None
 
 
 def build_objective(cfg: RunConfig, registry: Registry | None = None,
@@ -92,7 +265,7 @@ def build_trainer(cfg: RunConfig, registry: Registry | None = None,
     if dist_ctx is not None:
         device: str | torch.device = dist_ctx.device
     else:
-        device = distributed.resolve_device("auto") if cfg.device == "auto" else cfg.device
+        device = distributed.resolve_device(cfg.device)
     objective = build_objective(cfg, reg, c)
     try:
         return Trainer(c["problem"], c["schedule"], c["model"], objective, settings=cfg.train,
@@ -115,8 +288,8 @@ def resolve_path(path: str, config_dir: Path | None = None) -> Path:
     return alt if alt.exists() else p
 
 
-def load_reference(path: str | Path, space: StateSpace, registry: Registry | None = None
-                   ) -> torch.Tensor:
+def load_reference(path: str | Path, space: StateSpace, registry: Registry | None = None,
+                   field: str = "eval.reference", allow_nonfinite: bool = False) -> torch.Tensor:
     """Load reference samples ``(N, prod(event_shape))`` as ``(N, *event_shape)`` states.
 
     ``path`` is first looked up as the name of a registered reference set (hook
@@ -128,33 +301,65 @@ def load_reference(path: str | Path, space: StateSpace, registry: Registry | Non
         path: Registered reference name or path of an ``.npy`` file.
         space: State space of the run; fixes the expected width and does the projection.
         registry: Registry to look names up in (default: the installed plugins).
+        field: The config field or argument that named ``path`` (for messages).
+        allow_nonfinite: Return rows holding NaN or inf too (the caller drops them); by
+            default such a set is refused.
 
     Raises:
         ConfigError: Neither a registered name nor an existing file (the message lists the
-            registered names), or an array of the wrong shape (naming both shapes).
+            registered names), a file that is not a numeric ``.npy`` array, an array of the
+            wrong shape (naming both shapes), fewer than 2 rows, or rows holding NaN or inf.
     """
     reg = registry or default_registry()
     name = str(path)
     if name in reg.names("reference"):
         source = reg.get("reference", name).factory
         label = f"reference {name!r}"
-        arr = np.asarray(source() if callable(source) else np.load(source, allow_pickle=False))
+        if callable(source):
+            arr = np.asarray(source())
+        else:
+            arr = _load_npy(source, field, label)
     else:
         file = Path(path)
         if not file.is_file():
             registered = ", ".join(reg.names("reference")) or "(none)"
             raise ConfigError(
-                f"eval.reference: {name!r} is neither a registered reference set nor an existing "
+                f"{field}: {name!r} is neither a registered reference set nor an existing "
                 f"file; registered reference sets: {registered}")
         label = str(file)
-        arr = np.load(file, allow_pickle=False)
+        arr = _load_npy(file, field, label)
     width = int(np.prod(space.event_shape))
+    if arr.dtype.kind not in "biuf":
+        raise ConfigError(f"{field}: {label}: holds values of type {arr.dtype}; expected a float "
+                          f"array of shape (N, {width})")
     if arr.ndim != 2 or arr.shape[1] != width:
         raise ConfigError(
-            f"eval.reference: {label} has shape {arr.shape}, expected (N, {width}) for states of "
+            f"{field}: {label} has shape {arr.shape}, expected (N, {width}) for states of "
             f"shape {space.event_shape}"
         )
+    finite = np.isfinite(arr).all(axis=1)
+    if not allow_nonfinite and not finite.all():
+        raise ConfigError(f"{field}: {label}: {int((~finite).sum())} of {arr.shape[0]} samples "
+                          "hold NaN or inf; every sample must be finite")
+    if int(finite.sum()) < 2:
+        what = f"{arr.shape[0]} samples" + (f", {int(finite.sum())} of them finite"
+                                            if arr.shape[0] and not finite.all() else "")
+        raise ConfigError(f"{field}: {label}: holds {what}; at least 2 finite samples are "
+                          "needed")
     return space.project(torch.as_tensor(arr, dtype=torch.float32).reshape(-1, *space.event_shape))
+
+
+def _load_npy(file: str | Path, field: str, label: str) -> np.ndarray:
+    """``np.load`` of an array file (no pickles), with a one-line error for anything else."""
+    try:
+        return np.asarray(np.load(file, allow_pickle=False))
+    except OSError as exc:
+        raise ConfigError(f"{field}: {label}: cannot be read ({exc.strerror or exc})") from None
+    except (ValueError, EOFError) as exc:
+        detail = " ".join(str(exc).split())
+        detail = "" if "pickle" in detail else f" ({detail[:100]})"
+        raise ConfigError(f"{field}: {label}: not a .npy array file{detail}; save samples with "
+                          "numpy.save") from None
 
 
 def evaluate_samples(
@@ -188,9 +393,12 @@ def evaluate_samples(
         e_gen = energy.energy(gen.float()).double()
         e_ref = energy.energy(ref.float()).double()
     finite = torch.isfinite(e_gen)
+    e_ref = e_ref[torch.isfinite(e_ref)]
     out: dict[str, float] = {
         "n_samples": float(n),
-        "energy_w2": metrics.energy_w2(e_gen[finite].numpy(), e_ref.numpy()),
+        # no finite energy among the samples (a diverged sampler): no distance to report
+        "energy_w2": metrics.energy_w2(e_gen[finite].numpy(), e_ref.numpy())
+        if finite.any() and e_ref.numel() else math.nan,
         "energy_mean": float(e_gen[finite].mean()),
         "reference_energy_mean": float(e_ref.mean()),
         "nonfinite_energies": float((~finite).sum()),
@@ -284,8 +492,8 @@ def _init_checkpoint(cfg: RunConfig, cfg_dict: dict, config_dir: Path | None
     if path.is_dir():
         path = path / "checkpoints" / "latest.pt"
     if not path.is_file():
-        raise ConfigError(f"init_from: no checkpoint at {path} (give a run directory with "
-                          f"checkpoints/latest.pt or a .pt file; got {cfg.init_from!r})")
+        raise ConfigError(f"init_from: {cfg.init_from!r}: no checkpoint at {path}; give a run "
+                          "directory with checkpoints/latest.pt or a .pt file")
     payload = load_checkpoint(path, expected_config=cfg_dict,
                               sections=("energy", "space", "problem", "model"))
     return path, payload["state"]
@@ -299,11 +507,30 @@ def _train(
     cfg: RunConfig, config_dir: Path | None, out: Path, registry: Registry | None,
     progress: bool, log, ctx: distributed.DistContext | None,
 ) -> dict[str, Any]:
-    """Body of :func:`train_run`; ``ctx`` is ``None`` for a single process."""
+    """Body of :func:`train_run`; ``ctx`` is ``None`` for a single process.
+
+    Rank 0 locks the run directory (:class:`RunLock`) for the whole training, and every rank
+    listens for :data:`STOP_SIGNALS` (:func:`_train_locked` stops at the next epoch end).
+    """
     main = ctx is None or ctx.is_main
-    cfg_dict = _config_dict(cfg)
     if main:
         (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    lock = distributed.run_on_main(ctx, lambda: RunLock(out, log).acquire())
+    try:
+        with _StopRequest() as stop:
+            return _train_locked(cfg, config_dir, out, registry, progress, log, ctx, stop)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_locked(
+    cfg: RunConfig, config_dir: Path | None, out: Path, registry: Registry | None,
+    progress: bool, log, ctx: distributed.DistContext | None, stop: _StopRequest,
+) -> dict[str, Any]:
+    """Build, resume, train, evaluate and save a run (the directory is locked)."""
+    main = ctx is None or ctx.is_main
+    cfg_dict = _config_dict(cfg)
     sampler = build_trainer(cfg, registry, ctx)
     # fail early (on every rank) on a bad reference file; only rank 0 keeps the reference
     reference = distributed.run_on_main(ctx, lambda: _reference_for(cfg, sampler, config_dir))
@@ -319,7 +546,16 @@ def _train(
             return None
         payload = load_checkpoint(ckpt, expected_config=cfg_dict)
         if metrics_path.exists():
-            record = json.loads(metrics_path.read_text())
+            try:
+                record = json.loads(metrics_path.read_text())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"metrics: {metrics_path}: not valid JSON ({exc}); move it "
+                                  "away to resume without the earlier evaluations") from None
+            # metrics.json is written before the checkpoint of the same epoch: evaluations
+            # newer than the checkpoint are made again
+            epoch = payload["state"]["counters"]["epoch"]
+            record["evaluations"] = [r for r in record.get("evaluations", [])
+                                     if r.get("epoch", 0) <= epoch]
         return payload["state"]
 
     state = distributed.run_on_main(ctx, read_checkpoint)
@@ -341,8 +577,10 @@ def _train(
         log(f"initialised the network from {path} (epoch {source['counters']['epoch']} of "
             "that run)")
     if main:
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False))
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
     eval_time = record.get("timers", {}).get("evaluate", 0.0)
+    #: epoch of the checkpoint on disk (None: none yet)
+    saved_epoch = sampler.counters["epoch"] if state is not None else None
 
     def evaluate(tag: str) -> None:
         nonlocal eval_time
@@ -369,9 +607,27 @@ def _train(
                        "timers": {**sampler.timers, "evaluate": eval_time}})
         c = sampler.counters
         record["grad_steps_per_energy_eval"] = c["grad_steps"] / max(c["energy_evals"], 1)
-        tmp = metrics_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(metrics_path)
+        atomic_write_text(metrics_path, json.dumps(record, indent=2))
+
+    def save(s: Trainer) -> None:
+        """metrics.json, then the checkpoint (a collective: every rank calls it)."""
+        nonlocal saved_epoch
+        state = s.gather_state_dict()
+        if main:
+            write_record()
+            save_checkpoint(ckpt, state, cfg_dict)
+        saved_epoch = s.counters["epoch"]
+
+    def stop_if_asked(s: Trainer) -> None:
+        """Raise :class:`Preempted` after a checkpoint when a stop signal arrived."""
+        name = stop.requested(ctx)
+        if name is None:
+            return
+        if saved_epoch != s.counters["epoch"]:
+            save(s)
+        log(f"{name} received: stopped after epoch {s.counters['epoch']} (checkpoint written); "
+            "the same command resumes")
+        raise Preempted(name, s.counters["epoch"], ckpt)
 
     if sampler.counters["epoch"] == 0 and not record["evaluations"]:
         evaluate("warm-start" if "init_from" in record else "untrained")
@@ -381,13 +637,26 @@ def _train(
         if cfg.eval.every and e % cfg.eval.every == 0 and e < cfg.train.n_epochs:
             evaluate("periodic")
         if e % cfg.checkpoint_every == 0 or e == cfg.train.n_epochs:
-            state = s.gather_state_dict()  # a collective when distributed
-            if main:
-                save_checkpoint(ckpt, state, cfg_dict)
-                write_record()
+            save(s)
+        stop_if_asked(s)
 
     timers_at_start = dict(sampler.timers)
-    sampler.fit(callback=on_epoch, progress=progress)
+    stop_if_asked(sampler)  # a signal while the run was being set up
+    try:
+        sampler.fit(callback=on_epoch, progress=progress)
+    except NonFiniteEnergyError as exc:  # the diverged state is not saved
+        if saved_epoch is None:
+            where = "no checkpoint was written (no epoch had finished)"
+        else:
+            where = f"the last good checkpoint {ckpt} (epoch {saved_epoch}) is kept"
+        hint = (f"lower train.lr (now {cfg.train.lr:g}) or set train.grad_clip, then run the "
+                "same command to resume" if isinstance(exc, TrainingDiverged) else
+                "set train.nonfinite: drop to skip such samples, then run the same command to "
+                "resume")
+        raise type(exc)(*((exc.epoch, f"{exc.reason}; {where}; {hint}")
+                          if isinstance(exc, TrainingDiverged) else (f"{exc}; {where}; {hint}",))
+                        ) from exc
+    stop_if_asked(sampler)  # a signal during the last epoch
     record["distributed"] = _distributed_summary(sampler, ctx, timers_at_start)
     if not record["distributed"]["parameters_in_sync"]:
         log("warning: the ranks' parameters differ at the end of training "
@@ -446,7 +715,8 @@ def load_run(run_dir: str | Path, registry: Registry | None = None, device: str 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+        raise ConfigError(f"run_dir: {run_dir}: not a run directory (no config.yaml); give the "
+                          "--out folder of adjoint-core train")
     cfg = load_config(cfg_path)
     if device is not None:
         cfg = cfg.model_copy(update={"device": device})

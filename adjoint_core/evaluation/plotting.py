@@ -45,9 +45,12 @@ def plot_loss(history: list[dict], path: Path) -> None:
 def plot_energy_histogram(e_gen: np.ndarray, e_ref: np.ndarray | None, path: Path,
                           title: str = "") -> None:
     """Histogram of sample energies against the reference energies."""
+    pool = e_gen if e_ref is None else np.concatenate([e_gen, e_ref])
+    pool = pool[np.isfinite(pool)]
+    if not pool.size:  # no finite energy to show (e.g. a diverged sampler): no plot
+        return
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    pool = e_gen if e_ref is None else np.concatenate([e_gen, e_ref])
     lo, hi = np.percentile(pool, [0.5, 99.5])
     bins = np.linspace(lo, hi, 60)
     if e_ref is not None:

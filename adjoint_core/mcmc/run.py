@@ -29,9 +29,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from adjoint_core.app.config import ComponentSpec, EvalSettings, RunConfig, validate_config
+from adjoint_core.app.config import (
+    ComponentSpec,
+    EvalSettings,
+    RunConfig,
+    check_device_name,
+    validate_config,
+)
 from adjoint_core.mcmc.samplers import MCMCSettings, run_mcmc
 from adjoint_core.plugins.registry import ConfigError, Registry, default_registry
 
@@ -46,14 +52,19 @@ class MCMCRunConfig(BaseModel):
     accepted and ignored, so one file can describe both; any other key is rejected.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     device: str = "cpu"
     energy: ComponentSpec
     space: ComponentSpec
     mcmc: MCMCSettings = MCMCSettings()
     eval: EvalSettings = EvalSettings()
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        return check_device_name(value)
 
     @model_validator(mode="before")
     @classmethod
@@ -87,8 +98,14 @@ def run_mcmc_config(
 
     Returns:
         The report written to the JSON file.
+
+    Raises:
+        ConfigError: Bad components, a device this machine lacks, a reference that cannot be
+            used, or settings that keep no sample.
     """
+    from adjoint_core.app.checkpoint import atomic_write, atomic_write_text
     from adjoint_core.app.run import evaluate_samples, load_reference, resolve_path
+    from adjoint_core.training.distributed import resolve_device
 
     config_dir = None
     if isinstance(config, MCMCRunConfig):
@@ -101,12 +118,16 @@ def run_mcmc_config(
     space = reg.build("space", cfg.space.name, cfg.space.params)
     energy = reg.build("energy", cfg.energy.name, cfg.energy.params, space=space)
     if tuple(energy.event_shape) != tuple(space.event_shape):
-        raise ConfigError(f"energy {cfg.energy.name!r} has event shape {energy.event_shape} "
-                          f"but space {cfg.space.name!r} has {space.event_shape}")
+        raise ConfigError(f"space: {cfg.space.name!r}: energy {cfg.energy.name!r} has event shape "
+                          f"{energy.event_shape} but space {cfg.space.name!r} has "
+                          f"{space.event_shape}")
+    if cfg.mcmc.n_steps < cfg.mcmc.thin:
+        raise ConfigError(f"mcmc.n_steps: {cfg.mcmc.n_steps}: keeps no sample with thin: "
+                          f"{cfg.mcmc.thin}; give n_steps >= thin")
     reference = None
     if cfg.eval.reference:
         reference = load_reference(resolve_path(cfg.eval.reference, config_dir), space)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     s = cfg.mcmc
     t0 = time.perf_counter()
@@ -121,9 +142,8 @@ def run_mcmc_config(
                    step_size_per_chain=s.step_size_per_chain)
     wall = time.perf_counter() - t0
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     flat = space.flatten(res.samples).cpu().numpy().astype(np.float32)
-    np.save(out, flat)
+    atomic_write(out, lambda fh: np.save(fh, flat))
     report: dict[str, Any] = {
         "samples": str(out),
         "shape": list(flat.shape),
@@ -138,5 +158,5 @@ def run_mcmc_config(
             res.samples[perm].cpu(), reference, energy, space, cfg.eval.n_samples,
             cfg.eval.geometric_samples, tuple(cfg.eval.protocols), seed=cfg.seed)
         report["evaluation"]["reference"] = str(cfg.eval.reference)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     return report

@@ -122,7 +122,7 @@ class MCMCSettings(BaseModel):
         step_size_per_chain: Adapt one step size per chain instead of per temperature.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     method: Literal["mala", "hmc", "rwm"] = "mala"
     n_chains: int = Field(256, ge=1)

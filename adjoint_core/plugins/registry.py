@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.metadata as im
 import inspect
 import os
+import re
 import typing
 import warnings
 from collections.abc import Callable
@@ -27,11 +28,35 @@ import pydantic
 from adjoint_core.plugins import hookspecs
 from adjoint_core.plugins.hookspecs import KINDS, PROJECT
 
-__all__ = ["Registry", "ComponentEntry", "PluginFailure", "default_registry", "ConfigError"]
+__all__ = ["Registry", "ComponentEntry", "PluginFailure", "default_registry", "ConfigError",
+           "show_value", "is_resource_error"]
 
 
 class ConfigError(ValueError):
-    """A config or component parameter is invalid; the message names the field and value."""
+    """A config, argument or component parameter is invalid.
+
+    The message is one line ``<field or argument>: <value>: <what is allowed>`` (several
+    problems are joined by semicolons); the command line prints it as ``error: <message>``.
+    """
+
+
+def show_value(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value for an error message, shortened to about ``limit`` characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def is_resource_error(exc: BaseException) -> bool:
+    """Whether a factory's exception means its parameters cannot work on this machine.
+
+    Memory that cannot be allocated and numbers out of range are; any other exception of a
+    factory is a bug and keeps its traceback.
+    """
+    if isinstance(exc, (MemoryError, OverflowError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("out of memory", "can't allocate memory", "size calculation overflow"))
 
 
 @dataclass(frozen=True)
@@ -171,7 +196,7 @@ class Registry:
                 hint = "; plugins that failed to load: " + ", ".join(
                     f"{f.plugin} ({f.error})" for f in self.failures)
             raise ConfigError(
-                f"{kind}.name: unknown {kind} {name!r}; registered: "
+                f"{kind}.name: {name!r}: unknown {kind} {name!r}; registered: "
                 f"{', '.join(self.names(kind)) or '(none)'}{hint}"
             ) from None
 
@@ -195,12 +220,13 @@ class Registry:
                 if key not in fields:
                     allowed = [p for p in fields if p not in inject]
                     raise ConfigError(
-                        f"{kind}.{key}: unknown parameter for {kind} {name!r}; "
-                        f"allowed: {', '.join(allowed) or '(none)'}"
+                        f"{kind}.{key}: {show_value(params[key])}: unknown parameter for {kind} "
+                        f"{name!r}; allowed: {', '.join(allowed) or '(none)'}"
                     )
             model = pydantic.create_model(
                 f"{name}_params",
-                __config__=pydantic.ConfigDict(arbitrary_types_allowed=True, extra="forbid"),
+                __config__=pydantic.ConfigDict(arbitrary_types_allowed=True, extra="forbid",
+                                               allow_inf_nan=False),
                 **fields,
             )
             try:
@@ -209,14 +235,34 @@ class Registry:
                 msgs = []
                 for err in exc.errors():
                     loc = ".".join(str(p) for p in err["loc"])
-                    msgs.append(f"{kind}.{loc}: {err['msg']} (got {err.get('input')!r})")
-                raise ConfigError(f"invalid parameters for {kind} {name!r}: " + "; ".join(msgs)) \
-                    from None
+                    msgs.append(f"{kind}.{loc}: {show_value(err.get('input'))}: {err['msg']} "
+                                f"(parameter of {kind} {name!r})")
+                raise ConfigError("; ".join(msgs)) from None
             params = {k: getattr(checked, k) for k in params}
         try:
             return entry.factory(**params)
+        except ConfigError:  # the component's own message already names the field
+            raise
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{kind} {name!r} rejected its parameters: {exc}") from exc
+            raise ConfigError(_rejected(kind, name, params, inject, exc)) from exc
+        except Exception as exc:
+            if not is_resource_error(exc):
+                raise
+            raise ConfigError(_rejected(kind, name, params, inject, exc,
+                                        " (too large for this machine?)")) from exc
+
+
+def _rejected(kind: str, name: str, params: dict, inject: dict, exc: BaseException,
+              note: str = "") -> str:
+    """``kind.param: value: <the factory's message>`` for the parameters the message names."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    named = [k for k in params if k not in inject and re.search(rf"\b{re.escape(k)}\b", text)]
+    if named:
+        fields = ", ".join(f"{kind}.{k}" for k in named)
+        values = ", ".join(show_value(params[k]) for k in named)
+    else:
+        fields, values = kind, repr(name)
+    return f"{fields}: {values}: {kind} {name!r} rejected its parameters: {text}{note}"
 
 
 def _signature_fields(factory: Callable[..., Any]) -> dict[str, tuple[Any, Any]] | None:

@@ -26,6 +26,10 @@ import torch
 
 __all__ = ["NoiseSchedule", "GeometricSchedule", "LinearSchedule"]
 
+#: Largest noise scale a schedule accepts: its square (the terminal variance) must stay far
+#: inside the float32 range in which states are simulated.
+MAX_SIGMA = 1e15
+
 
 class NoiseSchedule(ABC):
     """Abstract schedule: ``g(t)`` and ``h(t)^2 = ∫_0^t g²``.
@@ -101,7 +105,8 @@ class GeometricSchedule(NoiseSchedule):
 
     Args:
         sigma_min: ``σ_min > 0``.
-        sigma_max: ``σ_max > σ_min``.
+        sigma_max: ``σ_min < σ_max <= 1e15``, with ``σ_max/σ_min <= 1e30`` (``g(0)`` and
+            ``h(1)²`` must be finite in float32).
     """
 
     def __init__(self, sigma_min: float = 1e-3, sigma_max: float = 1.0) -> None:
@@ -111,6 +116,12 @@ class GeometricSchedule(NoiseSchedule):
             raise ValueError(
                 f"sigma_max must be > sigma_min, got sigma_min={sigma_min}, sigma_max={sigma_max}"
             )
+        if not sigma_max <= MAX_SIGMA:
+            raise ValueError(f"sigma_max must be at most {MAX_SIGMA:g} (its square must be finite "
+                             f"in float32), got {sigma_max}")
+        if not sigma_max / sigma_min <= 1e30:
+            raise ValueError(f"sigma_max / sigma_min must be at most 1e30 (g(t) grows like their "
+                             f"ratio), got sigma_min={sigma_min}, sigma_max={sigma_max}")
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
         self._log_r = math.log(self.sigma_max / self.sigma_min)
@@ -141,8 +152,8 @@ class LinearSchedule(NoiseSchedule):
     """
 
     def __init__(self, sigma: float = 1.0) -> None:
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma}")
+        if not 0 < sigma <= MAX_SIGMA:
+            raise ValueError(f"sigma must be > 0 and at most {MAX_SIGMA:g}, got {sigma}")
         self.sigma = float(sigma)
 
     def g(self, t: torch.Tensor) -> torch.Tensor:  # noqa: D102

@@ -137,19 +137,33 @@ def resolve_device(requested: str | torch.device, local_rank: int | None = None)
         The device.
 
     Raises:
-        ConfigError: CUDA requested but not available.
+        ConfigError: Not a device type the trainer runs on (cpu, cuda, mps, xpu), or one this
+            machine lacks (naming the value and what is allowed).
     """
     text = str(requested)
     if text == "auto":
         text = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(text)
-    except RuntimeError as exc:
-        raise ConfigError(f"device: {exc}") from None
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ConfigError(f"device: {str(requested)!r}: not a device; use cpu, cuda, cuda:N, mps "
+                          "or auto")
+    if device.type == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise ConfigError(f"device: {str(requested)!r}: XPU is not available on this machine; "
+                          "use cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device: {str(requested)!r}: MPS is not available on this machine; "
+                          "use cpu or auto")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device: {requested!r} requested but CUDA is not available "
-                              f"(use device: cpu or auto)")
+            raise ConfigError(f"device: {str(requested)!r}: CUDA is not available on this "
+                              f"machine; use cpu or auto")
+        n = torch.cuda.device_count()
+        if local_rank is None and device.index is not None and device.index >= n:
+            raise ConfigError(f"device: {str(requested)!r}: only {n} CUDA device(s) are "
+                              f"visible; use cuda:0 to cuda:{n - 1}, cuda or auto")
         if local_rank is not None:
             if local_rank >= torch.cuda.device_count():
                 raise ConfigError(f"LOCAL_RANK={local_rank} but only "

@@ -54,11 +54,31 @@ from adjoint_core.training.objectives.base import Objective
 from adjoint_core.training.parallel import DataParallel, SingleProcess
 from adjoint_core.training.sde import simulate
 
-__all__ = ["Trainer", "AdjointSampler", "TrainSettings", "NonFiniteEnergyError"]
+__all__ = ["Trainer", "AdjointSampler", "TrainSettings", "NonFiniteEnergyError",
+           "TrainingDiverged"]
 
 
 class NonFiniteEnergyError(RuntimeError):
     """Raised under ``nonfinite="raise"`` when an energy or gradient is NaN or infinite."""
+
+
+class TrainingDiverged(NonFiniteEnergyError):
+    """An epoch's mean loss, or every one of its new samples, is NaN or infinite.
+
+    More than the non-finite policy can absorb: ``"drop"`` skips some samples, but an epoch
+    whose every sample is dropped or whose loss is not finite means the network has diverged.
+    The trainer's state is then that of the diverged epoch: do not save it; reload the last
+    checkpoint (and lower the learning rate, or clip gradients) to continue.
+
+    Attributes:
+        epoch: The epoch that diverged (1-based, as in the log rows).
+        reason: What went non-finite, with the count.
+    """
+
+    def __init__(self, epoch: int, reason: str) -> None:
+        self.epoch = epoch
+        self.reason = reason
+        super().__init__(f"training diverged in epoch {epoch}: {reason}")
 
 
 class TrainSettings(BaseModel):
@@ -134,7 +154,7 @@ class TrainSettings(BaseModel):
             limit (the run stays resumable); ``None``: off.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     n_epochs: int = Field(50, ge=0)
     samples_per_epoch: int = Field(512, ge=1)
@@ -168,7 +188,9 @@ class TrainSettings(BaseModel):
             unused = [k for k, off in (("reweight_max", None), ("reweight_power", 1.0),
                                        ("reweight_uniform", 0.0)) if getattr(self, k) != off]
             if unused:
-                raise ValueError(f"{', '.join(unused)} set, but they only act with reweight: true")
+                raise ValueError(", ".join(f"train.{k}" for k in unused) + ": "
+                                 + ", ".join(str(getattr(self, k)) for k in unused)
+                                 + ": only acts with reweight: true")
         return self
 
 
@@ -652,9 +674,13 @@ class Trainer:
     def _collect_epoch(self, obj: Objective, phase: str) -> list[torch.Tensor]:
         """New samples of this epoch's targets; returns their energies."""
         n = self.parallel.share(self.settings.samples_per_epoch)
+        dropped = self.counters["nonfinite_dropped"]
         energies: list[torch.Tensor] = []
         for tg in self._epoch_targets():
             energies += self.collect_in_batches(tg, n, phase, obj)
+        # (new samples with an energy, those dropped as non-finite) for the divergence check
+        self._epoch_collected = (sum(int(e.numel()) for e in energies),
+                                 self.counters["nonfinite_dropped"] - dropped)
         return energies
 
     def _check_data(self, obj: Objective, phase: str) -> None:
@@ -669,6 +695,7 @@ class Trainer:
         epoch = self.counters["epoch"]
         phase = obj.phase(epoch)
         start = (dict(self.counters), self._energy_evaluations())
+        self._epoch_collected = (0, 0)
         if epoch == (s.warmup_epochs if obj is self.objective else 0):  # its first epoch
             for tg in self.targets:
                 if len(tg.buffer) == 0:
@@ -686,8 +713,11 @@ class Trainer:
         self.counters["epoch"] += 1
         loss = float(sum(losses) / len(losses)) if losses else math.nan
         buffer_energy = self._energy_statistics(obj, energies)
+        collected = self._epoch_collected
         if self.parallel.distributed:
-            loss, buffer_energy = self._synchronise_epoch(start, loss, buffer_energy)
+            loss, buffer_energy, collected = self._synchronise_epoch(start, loss, buffer_energy,
+                                                                     collected)
+        self._check_divergence(losses, loss, *collected)
         row = {"epoch": self.counters["epoch"], **obj.row_extras(epoch), "loss": loss,
                "buffer_energy_mean": buffer_energy[0],
                "buffer_energy_median": buffer_energy[1],
@@ -697,6 +727,29 @@ class Trainer:
                **{k: v for k, v in self.counters.items() if k != "epoch"}}
         self.history.append(row)
         return row
+
+    def _check_divergence(self, losses: list[float], loss: float, n_new: float,
+                          n_dropped: float) -> None:
+        """Stop on a non-finite epoch loss or an epoch whose every new sample was dropped.
+
+        Args:
+            losses: This rank's regression losses of the epoch.
+            loss: The epoch's (global) mean loss.
+            n_new: New samples of the epoch that had an energy evaluated (global).
+            n_dropped: Of those, the ones dropped as non-finite (global).
+
+        Raises:
+            TrainingDiverged: Naming the epoch and the count.
+        """
+        epoch = self.counters["epoch"]
+        if losses and not math.isfinite(loss):
+            bad = sum(1 for v in losses if not math.isfinite(v))
+            where = " on this rank" if self.parallel.distributed else ""
+            raise TrainingDiverged(epoch, f"the mean loss is {loss} ({bad} of {len(losses)} "
+                                          f"regression losses{where} are NaN or inf)")
+        if n_new > 0 and n_dropped >= n_new:
+            raise TrainingDiverged(epoch, f"all {int(n_new)} new samples have a non-finite "
+                                          "energy or gradient")
 
     def _energy_statistics(self, obj: Objective, energies: list[torch.Tensor]
                            ) -> tuple[float, float]:
@@ -726,13 +779,17 @@ class Trainer:
     SUMMED_COUNTERS = ("energy_evals", "model_evals", "nonfinite_dropped")
 
     def _synchronise_epoch(self, start: tuple[dict, int], loss: float,
-                           buffer_energy: tuple[float, float]
-                           ) -> tuple[float, tuple[float, float]]:
-        """Sum this epoch's counter increments over ranks; global loss and buffer energy."""
+                           buffer_energy: tuple[float, float], extra: tuple[float, ...] = ()
+                           ) -> tuple[float, tuple[float, float], tuple[float, ...]]:
+        """Sum this epoch's counter increments over ranks; global loss and buffer energy.
+
+        ``extra`` numbers are summed over the ranks too and returned last.
+        """
         counters, n_energy = start
         keys = self.SUMMED_COUNTERS
         inc = [float(self.counters[k] - counters[k]) for k in keys]
         inc.append(float(self._energy_evaluations() - n_energy))
+        inc.extend(float(v) for v in extra)
         b = self.parallel.share(self.settings.train_batch_size)
         out, loss, buffer_energy = self.parallel.reduce_epoch(
             inc, loss, buffer_energy, b, self.settings.train_batch_size)
@@ -740,7 +797,7 @@ class Trainer:
             self.counters[k] = counters[k] + int(round(out[i]))
         if len(self.targets) == 1:  # amortized problems keep per-target counts per rank
             self.energy.n_evaluations = n_energy + int(round(out[len(keys)]))
-        return loss, buffer_energy
+        return loss, buffer_energy, tuple(out[len(keys) + 1:])
 
     def fit(
         self, n_epochs: int | None = None,

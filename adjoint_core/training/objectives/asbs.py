@@ -92,7 +92,7 @@ class ASBSSettings(BaseModel):
         init_stage: Stage the run starts with (AS-lib's DW-4/LJ configs: ``"adjoint"``).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     source_std: float = Field(1.0, gt=0)
     am_epochs_per_stage: int = Field(300, ge=1)

@@ -90,7 +90,7 @@ class IDEMSettings(BaseModel):
             all ``batch · K`` at once).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     n_mc_samples: int = Field(100, ge=1)
     max_score_norm: float | None = Field(20.0, gt=0)

@@ -51,13 +51,13 @@ def test_build_general(registry):
 @pytest.mark.parametrize(
     "name, params, match",
     [
-        ("lj13", {"n_particles": 0}, "energy.n_particles: unknown parameter"),
+        ("lj13", {"n_particles": 0}, "energy.n_particles: 0: unknown parameter"),
         ("lennard_jones", {"n_particles": 0}, "n_particles must be >= 2, got 0"),
         ("lennard_jones", {"epsilon": -1.0}, "epsilon must be > 0, got -1.0"),
         ("lennard_jones", {"n_particles": 2.5}, "energy.n_particles"),
         ("dw4", {"temperature": "hot"}, "energy.temperature"),
         ("dw4", {"temperature": 0.0}, "temperature must be > 0"),
-        ("gmm40", {"n_modes": 3}, "energy.n_modes: unknown parameter"),
+        ("gmm40", {"n_modes": 3}, "energy.n_modes: 3: unknown parameter"),
         ("double_well", {"c": -1.0}, "unbounded below"),
     ],
 )

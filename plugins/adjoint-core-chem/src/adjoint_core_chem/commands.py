@@ -17,7 +17,8 @@ after an xTB relaxation), ``relaxed`` and, when the target names one in
 ``info["state_property"]``, the sampled state (e.g. ``torsions_rad``). Molecules that cannot be
 parsed, have an unsupported element or cannot be typed by MMFF are skipped and reported (in the
 output and in ``DIR/summary.json``); the others are still written. Exit status 0 when every
-molecule succeeded, 1 when none did, 2 when some were skipped.
+molecule succeeded, 1 when none did, 2 when some were skipped. A bad argument ends with one line
+``error: <argument>: <value>: <what is allowed>`` and status 2 before any molecule is generated.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 import torch
 from rdkit import Chem
 
+from adjoint_core.app.cli import arg_int, arg_output, arg_seed
 from adjoint_core.plugins.registry import ConfigError
 
 from .energy import MMFFEnergy, XTBEnergy
@@ -171,7 +173,7 @@ def _run_conformers(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from adjoint_core.app.cli import main
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)
     return main(["train", args.config, "--out", args.out]
                 + (["--no-progress"] if args.no_progress else []))
 
@@ -184,7 +186,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                               "(amortized conformer configs: problem: {name: molecules})")
     p.add_argument("config", help="run config (YAML), as for `adjoint-core train`")
     p.add_argument("--out", required=True, help="run directory (resumed if it exists)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=arg_int(1), default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
@@ -193,15 +195,19 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     add_input_arguments(c)
     c.add_argument("--smiles-file", default=None,
                    help="TSV with a SMILES column, or lines 'SMILES [name]'")
-    c.add_argument("--num-conformers", type=int, required=True, help="conformers per molecule")
-    c.add_argument("--out", required=True, help="output folder for the SDF files")
+    c.add_argument("--num-conformers", type=arg_int(1), required=True,
+                   help="conformers per molecule")
+    c.add_argument("--out", type=arg_output(directory=True), required=True,
+                   help="output folder for the SDF files")
     c.add_argument("--relax", choices=["none", "mmff", "xtb"], default="none",
                    help="short minimisation of the generated conformers")
-    c.add_argument("--relax-steps", type=int, default=200, help="minimiser iterations")
-    c.add_argument("--n-sde-steps", type=int, default=None,
+    c.add_argument("--relax-steps", type=arg_int(0), default=200, help="minimiser iterations")
+    c.add_argument("--n-sde-steps", type=arg_int(1), default=None,
                    help="Euler-Maruyama steps (default: the training value)")
-    c.add_argument("--batch-size", type=int, default=256, help="conformers simulated at once")
-    c.add_argument("--seed", type=int, default=0, help="seed (molecule i uses seed + i)")
-    c.add_argument("--limit", type=int, default=0, help="only the first N molecules (0: all)")
-    c.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    c.add_argument("--batch-size", type=arg_int(1), default=256,
+                   help="conformers simulated at once")
+    c.add_argument("--seed", type=arg_seed, default=0, help="seed (molecule i uses seed + i)")
+    c.add_argument("--limit", type=arg_int(0), default=0,
+                   help="only the first N molecules (0: all)")
+    c.add_argument("--threads", type=arg_int(1), default=1, help="torch threads (default 1)")
     c.set_defaults(func=run_conformers_command)

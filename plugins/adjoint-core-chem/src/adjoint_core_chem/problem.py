@@ -86,13 +86,18 @@ def select_molecules(
     from rdkit.Chem.rdMolDescriptors import CalcNumRotatableBonds
 
     if (smiles_file is None) == (smiles is None):
-        raise ConfigError("problem: give smiles_file (a SMILES file) or smiles (a list), "
-                          "not both or neither")
+        given = "both" if smiles_file is not None else "neither"
+        raise ConfigError(f"problem.smiles_file, problem.smiles: {given} given: give "
+                          "smiles_file (a SMILES file) or smiles (a list), not both or neither")
     if smiles_file is not None:
         if not Path(smiles_file).is_file():
-            raise ConfigError(f"problem.smiles_file: file not found: {smiles_file} (relative "
+            raise ConfigError(f"problem.smiles_file: {smiles_file}: file not found (relative "
                               f"paths are read from the working directory {Path.cwd()})")
-        rows = read_smiles_file(smiles_file)
+        try:
+            rows = read_smiles_file(smiles_file)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"problem.smiles_file: {smiles_file}: cannot be read as text "
+                              f"({exc}); give one SMILES per line") from None
     else:
         rows = [(s, s) for s in smiles]
     rows = rows[offset:]
@@ -117,8 +122,11 @@ def select_molecules(
             continue
         mols.append(m)
     if not mols:
-        raise ConfigError(f"problem: no usable molecule ({len(skipped)} skipped: "
-                          + "; ".join(s["reason"] for s in skipped[:3]) + ")")
+        source = f"problem.smiles_file: {smiles_file}" if smiles_file is not None else \
+            f"problem.smiles: {len(rows)} SMILES"
+        raise ConfigError(f"{source}: no usable molecule ({len(skipped)} skipped"
+                          + "".join(f"; {s['reason']}" for s in skipped[:3])
+                          + "); give SMILES that RDKit parses and MMFF types")
     return mols, skipped
 
 

@@ -12,13 +12,15 @@ import argparse
 
 import torch
 
+from adjoint_core.app.cli import arg_int
+
 __all__ = ["add_commands"]
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from adjoint_core.app.cli import main
 
-    torch.set_num_threads(max(1, args.threads))
+    torch.set_num_threads(args.threads)
     return main(["train", args.config, "--out", args.out]
                 + (["--no-progress"] if args.no_progress else []))
 
@@ -29,6 +31,6 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                               "(torsional configs: problem: {name: torsional_molecules})")
     p.add_argument("config", help="run config (YAML), as for `adjoint-core train`")
     p.add_argument("--out", required=True, help="run directory (resumed if it exists)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=arg_int(1), default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)

@@ -138,8 +138,8 @@ def torsional_molecules(
         targets.append(tg)
         n_torsions[m.name] = tg.info["n_torsions"]
     if not targets:
-        raise ConfigError(f"problem torsional_molecules: none of the {len(mols)} molecules has "
-                          "a rotatable bond")
+        raise ConfigError(f"problem: 'torsional_molecules': none of the {len(mols)} molecules "
+                          "has a rotatable bond; give molecules with at least one")
     info = {"n_molecules": len(targets),
             "molecule_atoms": {m.name: m.n_atoms for m in mols},
             "molecule_torsions": n_torsions, "no_rotatable_bond": rigid, "skipped": skipped}
