@@ -1,9 +1,10 @@
 """Checkpoints: atomic writes, safe loads, and provenance.
 
 A checkpoint is a dict of tensors and plain Python values (loadable with
-``torch.load(..., weights_only=True)``, which executes no pickled code) holding the sampler's
-full state (:meth:`AdjointSampler.state_dict`: model, optimizer, replay buffer, RNG states,
-counters), the resolved run config and the versions of torch, the core and every plugin
+``torch.load(..., weights_only=True)``, which executes no pickled code) holding the
+trainer's full state (:meth:`~adjoint_core.Trainer.state_dict`: model, optimizer, replay
+buffers, RNG states, counters), the resolved run config and the versions of torch, the core
+and every plugin
 distribution. It is written to a temporary file in the same folder and renamed over the
 target, so a crash during a write never leaves a corrupt checkpoint behind.
 """

@@ -228,8 +228,6 @@ class Trainer:
             or ``None``/``False`` for a single process.
 
     Attributes:
-        rank: This process's rank (0 in a single process).
-        world_size: Number of processes (1 in a single process).
         counters: ``epoch``, ``energy_evals``, ``model_evals``, ``grad_steps``,
             ``nonfinite_dropped`` (global over ranks).
         timers: Wall seconds per phase: ``simulate``, ``energy``, ``train`` (rank 0's).
