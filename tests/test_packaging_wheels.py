@@ -52,9 +52,18 @@ train:
 """
 
 
-_IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "_build", "_generated", "__pycache__",
-                                 "*.egg-info", "build", "dist", ".pytest_cache", ".ruff_cache",
-                                 "plugins")
+_IGNORE_ANYWHERE = shutil.ignore_patterns(".venv", ".git", "runs", "_build", "_generated",
+                                          "__pycache__", "*.egg-info", "build", "dist",
+                                          ".pytest_cache", ".ruff_cache")
+
+
+def _IGNORE(folder: str, names: list[str]) -> set[str]:
+    """What not to copy: build outputs anywhere, and the plugin sources at the top only (the
+    core's own ``adjoint_core/plugins`` package is part of its distribution)."""
+    skip = set(_IGNORE_ANYWHERE(folder, names))
+    if Path(folder).resolve() == ROOT and "plugins" in names:
+        skip.add("plugins")
+    return skip
 
 
 def _distributions() -> list[Path]:

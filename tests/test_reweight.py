@@ -101,7 +101,7 @@ def test_tempered_draw_probabilities():
     assert float(p.sum()) == pytest.approx(1.0) and p[3] == pytest.approx(0.4 / n)
     with pytest.raises(ValueError, match="reweight_uniform"):
         _sampler(reweight_uniform=1.0)
-    with pytest.raises(ValueError, match="reweight_power set, but they only act"):
+    with pytest.raises(ValueError, match="train.reweight_power: 0.5: only acts with reweight"):
         _sampler(reweight=False, reweight_power=0.5)
 
 
