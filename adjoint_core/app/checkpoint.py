@@ -4,9 +4,8 @@ A checkpoint is a dict of tensors and plain Python values (loadable with
 ``torch.load(..., weights_only=True)``, which executes no pickled code) holding the
 trainer's full state (:meth:`~adjoint_core.Trainer.state_dict`: model, optimizer, replay
 buffers, RNG states, counters), the resolved run config and the versions of torch, the core
-and every plugin
-distribution. It is written to a temporary file in the same folder and renamed over the
-target, so a crash during a write never leaves a corrupt checkpoint behind.
+and every plugin distribution. It is written to a temporary file in the same folder and
+renamed over the target, so a crash during a write never leaves a corrupt checkpoint behind.
 """
 
 from __future__ import annotations
