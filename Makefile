@@ -10,7 +10,7 @@ demo: venv
 	rm -rf runs/dw4-demo
 	.venv/bin/adjoint-core train examples/dw4.yaml --out runs/dw4-demo
 	@echo "For scale: the Adjoint Sampling paper reports energy W2 0.55 and geometric W2 0.62 on DW-4"
-	@echo "after 5,000 epochs of an EGNN 128x5 (this demo: 25 epochs of a 64x3);"
+	@echo "after 5,000 epochs of an EGNN 128x5 (this demo: 30 epochs of a 64x3);"
 	@echo "examples/dw4_cpu_reweight_sde400.yaml reaches 0.47 / 0.43 in ~30 min on one CPU thread."
 
 ## Run the whole test suite (core + every plugin) and ruff.
