@@ -9,7 +9,7 @@ Example (``examples/dw4.yaml``)::
     model:    {name: egnn, hidden: 64, n_layers: 3}
     buffer:   {name: fifo, capacity: 10000}
     train:    {n_epochs: 30, samples_per_epoch: 512, grad_steps_per_epoch: 100, ...}
-    eval:     {reference: ../shared/data/particles/dw4_val.npy, n_samples: 1000}
+    eval:     {reference: dw4_val, n_samples: 1000}
 
 Each component section is ``name`` (a registry name, see ``adjoint-core plugins``) plus the
 keyword parameters of that component; they are validated against the component's signature,

@@ -9,7 +9,7 @@ of the terminal cost
 projected onto the tangent space of the state space. The network is regressed onto
 ``-a(x_1)`` at bridge samples ``x_t`` (:func:`adjoint_matching_loss`).
 
-Conventions fixed here (the published codes disagree, see ALGORITHM_NOTES §8):
+Conventions fixed here (the published codes disagree, see docs/conventions.md):
 
 * **Clipping** applies to ``∇E/τ`` only, per particle: each particle's gradient row is scaled
   by ``min(1, M / (‖row‖ + 1e-6))``; for non-particle spaces the whole vector of a sample is

@@ -18,7 +18,8 @@ where the **corrector** ``h_φ`` (a second network, evaluated at ``t = 1`` only)
 over pairs ``(X_0, X_1)`` of the current controlled process. With a Dirac source at the origin
 the corrector is exactly ``−x_1/h(1)²`` and ASBS is Adjoint Sampling.
 
-**Stages** (AS-lib's IPF-style alternation, ALGORITHM_NOTES §1.13): epochs alternate between
+**Stages** (AS-lib's IPF-style alternation; AS-lib is named in docs/conventions.md): epochs
+alternate between
 ``am_epochs_per_stage`` adjoint-matching epochs and ``cm_epochs_per_stage`` corrector-matching
 epochs, starting with ``init_stage``. During the very first stage the corrector is not yet
 trained: a first adjoint stage uses ``a = clip(∇E/τ)`` (the corrector taken as zero), a first
@@ -86,7 +87,7 @@ class ASBSSettings(BaseModel):
         source_std: Per-coordinate standard deviation ``s`` of the Gaussian source
             ``μ_0 = N(0, s² I)`` on the tangent space (mean-free for particle systems).
             AS-lib's "harmonic" source of scale ``c`` on a fully connected graph is this with
-            ``s = c·sqrt(2/3)`` (ALGORITHM_NOTES §1.13): 1.633 for DW-4 and LJ-13 (``c = 2``).
+            ``s = c·sqrt(2/3)`` (docs/conventions.md): 1.633 for DW-4 and LJ-13 (``c = 2``).
         am_epochs_per_stage: Adjoint-matching epochs per stage (AS-lib LJ-13: 300).
         cm_epochs_per_stage: Corrector-matching epochs per stage (AS-lib: 20).
         init_stage: Stage the run starts with (AS-lib's DW-4/LJ configs: ``"adjoint"``).

@@ -20,7 +20,8 @@ The external codes return gradients directly; their energies are wrapped in a
 ``torch.autograd.Function`` so that ``_energy`` is differentiable too and wrappers such as
 :class:`BondRegularizedEnergy` compose by autograd.
 
-**Regulariser** (ALGORITHM_NOTES §2.5, the paper's ``bond_structure_regularizer``):
+**Regulariser** (the Adjoint Sampling paper's ``bond_structure_regularizer`` in AS-mol,
+docs/conventions.md):
 
 .. math:: E_{reg}(x) = \alpha \sum_{i \ne j} \begin{cases}
           \mathrm{ReLU}(d_{ij} - 1.5 (r^{cov}_i + r^{cov}_j)) & \text{bonded} \\

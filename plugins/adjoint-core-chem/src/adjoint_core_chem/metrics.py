@@ -1,6 +1,6 @@
 r"""Conformer metrics: coverage and AMR (recall and precision) with heavy-atom RMSD.
 
-Protocol (the paper's, ALGORITHM_NOTES §4.3):
+Protocol (the Adjoint Sampling paper's, Havens et al., ICML 2025):
 
 * RMSD between two conformers of the same molecule over the **heavy atoms**, minimised over
   proper rotations, translations and the molecule's graph automorphisms (symmetry-aware, as

@@ -1,6 +1,6 @@
 r"""Torsional coordinates of a molecule: rotatable bonds, torsions → Cartesian, chain rule.
 
-The torsional variant of Adjoint Sampling (ALGORITHM_NOTES §2) samples only the torsion angles
+The torsional variant of Adjoint Sampling (Havens et al., ICML 2025) samples only the torsion angles
 ``τ ∈ [-π, π)^K`` of the ``K`` rotatable bonds; bond lengths, bond angles, rings and chirality
 are those of one reference conformer. This module supplies the chemistry behind the core's
 generic :class:`~adjoint_core.problem.torsional.TorsionalSpace`:

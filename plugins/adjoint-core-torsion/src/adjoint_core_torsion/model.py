@@ -29,7 +29,7 @@ torch-geometric with the same inputs and output:
   ``output_scale`` (the torsional adjoint reaches hundreds in ``kT/rad``).
 
 The output follows the order of the context's ``torsion_index``, the order of the state (AS-mol
-reads predictions out in bond order but uses them in torsion order, ALGORITHM_NOTES §2.4; here
+reads predictions out in bond order but uses them in torsion order, see docs/conventions.md; here
 permuting the torsions permutes the output, tested).
 
 Everything is exactly ``2π``-periodic in every ``τ_k`` (coordinates and features are).

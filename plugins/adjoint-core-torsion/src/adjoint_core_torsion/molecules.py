@@ -1,6 +1,6 @@
 """Amortized torsional conformer training as a core problem (``torsional_molecules``).
 
-The torsional variant of the paper's conformer method (ALGORITHM_NOTES §2) is a configuration
+The torsional variant of the paper's conformer method (Havens et al., ICML 2025) is a configuration
 of the core trainer (:class:`adjoint_core.training.trainer.Trainer`): each molecule with at
 least one rotatable bond is a :class:`~adjoint_core.problem.target.Target` with
 
