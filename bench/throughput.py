@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="CUDA: also time the torch.compile'd network")
     p.add_argument("--cuda-batch-scale", nargs="+", type=int, default=[1],
                    help="CUDA: also time these multiples of the papers' batch (e.g. 1 4)")
+    p.add_argument("--require-cuda", action="store_true",
+                   help="exit with status 1 (after writing the JSON) when CUDA is unavailable")
     p.add_argument("--quick", action="store_true",
                    help="tiny networks and batches, 1 repeat, no warm-up (a smoke test)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "throughput_cpu.json"),
@@ -215,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text + "\n")
+    if args.require_cuda and not torch.cuda.is_available():
+        sys.exit("--require-cuda: CUDA is not available")
     return out
 
 
