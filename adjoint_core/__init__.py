@@ -31,7 +31,13 @@ from adjoint_core.training.objectives.base import Capabilities, Objective
 from adjoint_core.training.objectives.bridge import BridgeMatching
 from adjoint_core.training.objectives.idem import IDEM, IDEMSampler, IDEMSettings
 from adjoint_core.training.parallel import DataParallel, SingleProcess
-from adjoint_core.training.trainer import AdjointSampler, Trainer, TrainSettings
+from adjoint_core.training.trainer import (
+    AdjointSampler,
+    NonFiniteEnergyError,
+    Trainer,
+    TrainingDiverged,
+    TrainSettings,
+)
 
 __version__ = "0.1.0"
 
@@ -42,6 +48,8 @@ __all__ = [
     "Trainer",
     "AdjointSampler",
     "TrainSettings",
+    "NonFiniteEnergyError",
+    "TrainingDiverged",
     "Target",
     "Problem",
     "Objective",

@@ -720,7 +720,8 @@ class Trainer:
                "buffer_energy_mean": buffer_energy[0],
                "buffer_energy_median": buffer_energy[1],
                **({"buffer_ess": self._buffer_ess()} if s.reweight else {}),
-               **({"targets_with_data": sum(1 for t in self.targets if len(t.buffer))}
+               **({"targets_with_data": sum(1 for t in self.targets
+                                         if len(obj.training_buffer(t, phase)))}
                   if len(self.targets) > 1 else {}),
                **{k: v for k, v in self.counters.items() if k != "epoch"}}
         self.history.append(row)
