@@ -229,3 +229,18 @@ def test_torchrun_two_processes(tmp_path):
     assert d["world_size"] == 2 and d["parameters_in_sync"]
     state = torch.load(run / "checkpoints" / "latest.pt", weights_only=True)["state"]
     assert state["counters"]["epoch"] == 4 and state["counters"]["energy_evals"] == 2 * 8
+
+
+def test_packaged_spice_sets_load_by_name(tmp_path, monkeypatch):
+    """``smiles_file: spice_train`` / ``spice_test`` need no file beside the repository."""
+    from adjoint_core_chem.problem import PACKAGED_SMILES, packaged_smiles_path, select_molecules
+
+    monkeypatch.chdir(tmp_path)
+    for name in PACKAGED_SMILES:
+        assert packaged_smiles_path(name).is_file()
+    mols, _ = select_molecules("spice_test", max_molecules=3, check_mmff=False)
+    assert len(mols) == 3
+    from adjoint_core_chem.molecule import read_smiles_file
+
+    rows = read_smiles_file(str(packaged_smiles_path("spice_train")))
+    assert len(rows) == 24_477 and all(smi for _, smi in rows[:100])

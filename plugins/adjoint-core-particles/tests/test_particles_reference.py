@@ -94,7 +94,7 @@ def test_packaged_sets_ship_with_the_package():
 
 def test_find_reference_prefers_the_package_data(monkeypatch, tmp_path):
     monkeypatch.delenv(DATA_ENV_VAR, raising=False)
-    monkeypatch.chdir(tmp_path)  # no shared/ folder anywhere near
+    monkeypatch.chdir(tmp_path)  # no data/ folder near the working directory
     assert find_reference("dw4") == packaged_reference_path("dw4_val")
     assert find_reference("lj13") == packaged_reference_path("lj13_val")
     found = find_reference("lj55")  # a generated full set in the repository's data/, else packaged

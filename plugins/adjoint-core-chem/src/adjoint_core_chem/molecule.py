@@ -301,10 +301,13 @@ def read_smiles_file(path: str) -> list[tuple[str, str]]:
 
     Accepts a TSV with a header containing a ``SMILES`` column (and optionally ``Hash_Name`` /
     ``Rot_Hash`` / ``name`` for the name), or plain lines ``SMILES [name]``. Blank lines and
-    lines starting with ``#`` are skipped; Windows line ends (CRLF) are accepted. Unnamed
-    molecules are called ``mol<index>``.
+    lines starting with ``#`` are skipped; Windows line ends (CRLF) are accepted; a ``.gz``
+    file is decompressed. Unnamed molecules are called ``mol<index>``.
     """
-    with open(path) as fh:
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt") as fh:
         lines = [ln.rstrip("\r\n") for ln in fh if ln.strip() and not ln.startswith("#")]
     if not lines:
         return []

@@ -20,7 +20,7 @@ Config (``adjoint-core train``)::
 
     problem:
       name: molecules
-      smiles_file: data/spice_train.tsv   # or smiles: [CCO, CCCO]
+      smiles_file: spice_train            # packaged SPICE set, or a file, or smiles: [CCO]
       max_molecules: 1000
       kind: mmff                           # energy: mmff | xtb
     model: {name: molecular_egnn, hidden: 32, n_layers: 4}
@@ -48,7 +48,22 @@ from adjoint_core.problem.target import Problem, Target
 from .energy import KT_300K, make_energy
 from .molecule import Molecule, MoleculeError, mol_from_smiles, read_smiles_file
 
-__all__ = ["select_molecules", "molecules", "molecule_target", "etkdg_seed"]
+__all__ = ["PACKAGED_SMILES", "packaged_smiles_path", "select_molecules", "molecules",
+           "molecule_target", "etkdg_seed"]
+
+
+#: SMILES sets shipped with this package (SPICE, CC0; provenance in ``data/README.md``):
+#: name → file in the package's ``data/`` folder.
+PACKAGED_SMILES: dict[str, str] = {"spice_train": "spice_train.tsv.gz",
+                                   "spice_test": "spice_test.tsv"}
+
+
+def packaged_smiles_path(name: str) -> Path:
+    """Installed path of a packaged SMILES set (a key of :data:`PACKAGED_SMILES`)."""
+    import importlib.resources
+
+    return Path(str(importlib.resources.files(__package__).joinpath("data"))) / \
+        PACKAGED_SMILES[name]
 
 
 def etkdg_seed(seed: int) -> int:
@@ -65,7 +80,9 @@ def select_molecules(
     """Parse the training molecules; unusable ones are skipped and reported.
 
     Args:
-        smiles_file: TSV with a ``SMILES`` column, or lines ``SMILES [name]`` (relative paths:
+        smiles_file: A packaged set (``"spice_train"``, ``"spice_test"``: SPICE molecules,
+            CC0, the Adjoint Sampling paper's split; :data:`PACKAGED_SMILES`), or a TSV with a
+            ``SMILES`` column, or lines ``SMILES [name]`` (``.gz`` accepted; relative paths:
             the working directory).
         smiles: SMILES strings instead of a file (named by their SMILES).
         max_molecules: Keep the first this many usable molecules (after the filters).
@@ -90,9 +107,12 @@ def select_molecules(
         raise ConfigError(f"problem.smiles_file, problem.smiles: {given} given: give "
                           "smiles_file (a SMILES file) or smiles (a list), not both or neither")
     if smiles_file is not None:
+        if not Path(smiles_file).is_file() and smiles_file in PACKAGED_SMILES:
+            smiles_file = str(packaged_smiles_path(smiles_file))
         if not Path(smiles_file).is_file():
             raise ConfigError(f"problem.smiles_file: {smiles_file}: file not found (relative "
-                              f"paths are read from the working directory {Path.cwd()})")
+                              f"paths are read from the working directory {Path.cwd()}; "
+                              f"packaged sets: {', '.join(sorted(PACKAGED_SMILES))})")
         try:
             rows = read_smiles_file(smiles_file)
         except (OSError, UnicodeDecodeError) as exc:

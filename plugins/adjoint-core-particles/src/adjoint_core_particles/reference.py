@@ -15,10 +15,8 @@ so a config says ``eval.reference: dw4_val`` and ``adjoint-core evaluate`` takes
 
 1. ``$ADJOINT_CORE_DATA`` and ``$ADJOINT_CORE_DATA/particles`` (an explicit choice wins);
 2. the package's own ``data/`` folder (always holds ``dw4`` and ``lj13``);
-3. ``../shared/data/particles`` relative to the current working directory, and
-   ``<ancestor>/shared/data/particles`` for every ancestor of the working directory and of
-   this module's directory (an optional extra location for larger sets);
-4. ``<ancestor>/data`` for the same ancestors: the repository's own ``data/`` folder, where
+3. ``<ancestor>/data`` for every ancestor of the working directory and of this module's
+   directory: the repository's own ``data/`` folder, where
    generated references go, e.g. the full 10,000-sample LJ-55 set made by
    ``adjoint-core mcmc bench/configs/lj55_mcmc.yaml --out data/lj55_mcmc.npy``;
 
@@ -95,12 +93,7 @@ def _search_dirs() -> list[Path]:
     if env:
         dirs += [Path(env), Path(env) / "particles"]
     dirs.append(_data_dir())
-    cwd = Path.cwd()
-    dirs.append(cwd.parent / "shared" / "data" / "particles")
-    for start in (Path(__file__).resolve().parent, cwd.resolve()):
-        for ancestor in (start, *start.parents):
-            dirs.append(ancestor / "shared" / "data" / "particles")
-    for start in (Path(__file__).resolve().parent, cwd.resolve()):
+    for start in (Path(__file__).resolve().parent, Path.cwd().resolve()):
         for ancestor in (start, *start.parents):
             dirs.append(ancestor / "data")
     return dirs
