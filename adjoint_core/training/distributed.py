@@ -6,8 +6,9 @@ environment, picks the device and backend and initialises the process group; a p
 ``adjoint-core train`` never touches ``torch.distributed``. See ``docs/scaling.md`` for the
 launch recipes (one node, several nodes, SLURM) and a measured scaling figure.
 
-Semantics (implemented by :class:`adjoint_core.training.trainer.AdjointSampler` with
-``distributed=True``):
+Semantics (implemented by the trainer's strategy
+:class:`~adjoint_core.training.parallel.DataParallel`, e.g. ``AdjointSampler(...,
+distributed=True)``):
 
 * **Work split.** ``samples_per_epoch``, ``init_samples`` and ``train_batch_size`` are
   *global*: rank ``r`` of ``W`` simulates and evaluates :func:`split_evenly` ``(n, r, W)`` of

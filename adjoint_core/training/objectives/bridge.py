@@ -46,8 +46,13 @@ class BridgeMatching(Objective):
         #: Visits whose reference generation raised a ``ValueError`` (no rows added).
         self.n_failed = 0
 
+    def bind(self, trainer) -> None:
+        """Attach to the trainer and index its targets (one lookup per buffer access)."""
+        super().bind(trainer)
+        self._indices = {id(t): i for i, t in enumerate(trainer.targets)}
+
     def _index(self, target: Target) -> int:
-        return next(i for i, t in enumerate(self.trainer.targets) if t is target)
+        return self._indices[id(target)]
 
     def training_buffer(self, target: Target, phase: str) -> Buffer:
         """This target's reference rows (an empty buffer before its first visit)."""

@@ -24,9 +24,7 @@ molecule succeeded, 1 when none did, 2 when some were skipped. A bad argument en
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import time
 from pathlib import Path
 
 import torch
@@ -36,7 +34,7 @@ from adjoint_core.app.cli import arg_int, arg_output, arg_seed
 from adjoint_core.plugins.registry import ConfigError
 
 from .energy import MMFFEnergy, XTBEnergy
-from .molecule import Molecule, MoleculeError, mol_from_smiles, read_smiles_file
+from .molecule import Molecule
 
 __all__ = ["add_commands", "generate_for_molecule", "sample_conformers", "write_sdf"]
 
@@ -127,47 +125,6 @@ def generate_for_molecule(trainer, molecule: Molecule, k: int, n_steps: int | No
         props["energy_xtb_kcal_mol"] = [float(v) for v in xtb.energy(x.double())]
     props["energy_mmff_kcal_mol"] = [float(v) for v in mmff.energy(x.double())]
     return x, props
-
-
-def _run_conformers(args: argparse.Namespace) -> int:
-    from adjoint_core.app.run import load_run
-
-    torch.set_num_threads(max(1, args.threads))
-    trainer = load_run(args.run_dir)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = read_smiles_file(args.smiles_file)
-    if args.limit:
-        rows = rows[:args.limit]
-    n_steps = args.n_sde_steps or trainer.settings.n_sde_steps
-    done, skipped = [], []
-    for idx, (name, smi) in enumerate(rows):
-        t0 = time.perf_counter()
-        try:
-            mol = mol_from_smiles(smi, name)
-            x, props = generate_for_molecule(trainer, mol, args.num_conformers, n_steps,
-                                             args.relax, args.relax_steps, args.seed + idx,
-                                             args.batch_size)
-        except (MoleculeError, RuntimeError) as exc:
-            skipped.append({"name": name, "smiles": smi, "reason": str(exc)})
-            print(f"skipped {name}: {exc}")
-            continue
-        path = out / f"{_safe(name)}.sdf"
-        write_sdf(path, mol, x, props)
-        e = torch.tensor(props["energy_mmff_kcal_mol"])
-        done.append({"name": name, "smiles": smi, "sdf": str(path), "n_conformers": len(x),
-                     "min_energy_mmff": float(e[e.isfinite()].min()) if e.isfinite().any()
-                     else None, "seconds": time.perf_counter() - t0})
-        print(f"{name}: {len(x)} conformers -> {path} ({done[-1]['seconds']:.1f} s)")
-    (out / "summary.json").write_text(json.dumps(
-        {"run_dir": str(args.run_dir), "num_conformers": args.num_conformers,
-         "relax": args.relax, "n_sde_steps": n_steps, "written": done, "skipped": skipped},
-        indent=2))
-    print(f"{len(done)} molecule(s) written, {len(skipped)} skipped"
-          + (": " + ", ".join(s["name"] for s in skipped) if skipped else ""))
-    if not done and rows:
-        return 1
-    return 2 if skipped else 0
 
 
 def _run_train(args: argparse.Namespace) -> int:
