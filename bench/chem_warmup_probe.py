@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=2500, help="warm-up Adam steps")
     p.add_argument("--precondition", action="store_true")
     p.add_argument("--data-scale", type=float, default=0.5)
+    p.add_argument("--noise-floor", type=float, default=0.0)
     p.add_argument("--hidden", type=int, default=32)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--samples", type=int, default=64, help="conformers evaluated")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = {"name": "molecular_egnn", "hidden": a.hidden, "n_layers": a.layers,
              "time_dim": 16}
     if a.precondition:
-        model.update(precondition=True, data_scale=a.data_scale)
+        model.update(precondition=True, data_scale=a.data_scale, noise_floor=a.noise_floor)
     cfg = load_config({
         "seed": a.seed,
         "problem": {"name": "molecules", "smiles": [a.smiles], "max_molecules": 1,

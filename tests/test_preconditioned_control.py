@@ -46,3 +46,27 @@ def test_bridge_loss_is_uniform_in_inner_output():
     lhs = bridge_loss_weight(pre, t)[:, None] * (rem[:, None] * pre(t, x) - d) ** 2
     rhs = (net(t, x) - d / c[:, None]) ** 2
     assert torch.allclose(lhs, rhs, rtol=1e-6, atol=1e-9)
+
+
+def test_noise_floor_bounds_c_and_constant_scale_is_displacement_form():
+    """c(t) ≥ noise_floor; with noise_floor = data_scale, c is constant and the network
+    predicts the displacement r·u = c·F at every time with a uniform bridge loss."""
+    sch = GeometricSchedule(1e-3, 1.0)
+    net = MLP(4, hidden=8, n_layers=1)
+    t = torch.linspace(0, 1, 11)
+    c_plain, _ = PreconditionedControl(net, sch, data_scale=0.5).scales(t)
+    c_floor, rem = PreconditionedControl(net, sch, data_scale=0.5, noise_floor=0.05).scales(t)
+    assert torch.equal(c_floor, c_plain.clamp_min(0.05)) and (c_plain < 0.05).any()
+    const = PreconditionedControl(net, sch, data_scale=1.0, noise_floor=1.0)
+    c, rem = const.scales(t)
+    assert torch.allclose(c, torch.ones_like(c))
+    x = torch.randn(11, 4)
+    assert torch.allclose(rem.float()[:, None] * const(t, x), net(t, x), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(bridge_loss_weight(const, t), torch.ones(11, dtype=torch.float64))
+    assert torch.allclose(control_loss_weight(const, t), rem ** 2)
+    try:
+        PreconditionedControl(net, sch, noise_floor=-1.0)
+    except ValueError as exc:
+        assert "noise_floor" in str(exc)
+    else:
+        raise AssertionError("a negative noise_floor must be rejected")

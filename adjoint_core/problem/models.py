@@ -158,24 +158,36 @@ class PreconditionedControl(Model):
 
     ``r`` is floored at ``min_remaining · h(1)²`` so that ``t = 1`` stays finite.
 
+    ``noise_floor`` (same units, default 0) floors ``c``: ``c(t) ← max(c(t), noise_floor)`` in
+    the output scale and in both loss weights. Below the floor the inner network predicts the
+    displacement ``E[x_1 | x_t] − x_t`` in units of the floor, a function of the geometry
+    that no longer depends on ``t`` (for molecules: "move the atoms towards valid bond
+    lengths"), instead of a unit-variance noise estimate that would have to grow like ``1/c``
+    through the time embedding. ``noise_floor = data_scale`` makes ``c`` constant: the network
+    then predicts the displacement at every time with a uniform loss.
+
     Args:
         net: The inner network ``F_θ(t, x[, context])``.
         schedule: The base process's noise schedule (``h(t)²``).
         data_scale: ``s > 0``, in the units of the states (Å for molecules).
         min_remaining: Floor of ``r(t)/h(1)²``, ``0 < min_remaining < 1``.
+        noise_floor: ``≥ 0``, the floor of ``c(t)`` (same units as the states).
     """
 
     def __init__(self, net: nn.Module, schedule: NoiseSchedule, data_scale: float = 0.5,
-                 min_remaining: float = 1e-9) -> None:
+                 min_remaining: float = 1e-9, noise_floor: float = 0.0) -> None:
         super().__init__()
         if not data_scale > 0:
             raise ValueError(f"data_scale must be > 0, got {data_scale}")
         if not 0 < min_remaining < 1:
             raise ValueError(f"min_remaining must be in (0, 1), got {min_remaining}")
+        if not noise_floor >= 0:
+            raise ValueError(f"noise_floor must be >= 0, got {noise_floor}")
         self.net = net
         self.schedule = schedule
         self.data_scale = float(data_scale)
         self.min_remaining = float(min_remaining)
+        self.noise_floor = float(noise_floor)
 
     def check_space(self, space: StateSpace) -> None:
         """The inner network's check."""
@@ -190,7 +202,7 @@ class PreconditionedControl(Model):
         ht = self.schedule.h2(t)
         rem = (h1 - ht).clamp_min(self.min_remaining * h1)
         s2 = self.data_scale ** 2
-        c = (rem * h1 * s2 / (rem * h1 + s2 * ht)).sqrt()
+        c = (rem * h1 * s2 / (rem * h1 + s2 * ht)).sqrt().clamp_min(self.noise_floor)
         return c, rem
 
     def output_scale(self, t: torch.Tensor) -> torch.Tensor:

@@ -79,7 +79,8 @@ class BoundContextModel(Model):
 
 def molecular_egnn(smiles: str | None = None, hidden: int = 64, n_layers: int = 4,
                    time_dim: int = 16, precondition: bool = False, data_scale: float = 0.5,
-                   space: StateSpace | None = None, schedule: NoiseSchedule | None = None
+                   noise_floor: float = 0.0, space: StateSpace | None = None,
+                   schedule: NoiseSchedule | None = None
                    ) -> Model:
     """Registry factory: :class:`MolecularEGNN`, bound to the molecule ``smiles`` if given.
 
@@ -88,7 +89,7 @@ def molecular_egnn(smiles: str | None = None, hidden: int = 64, n_layers: int = 
     :class:`~adjoint_core.problem.models.PreconditionedControl` (output scaled by
     ``c(t)/r(t)`` of the run's schedule, data scale ``data_scale`` in Å; the warm-up and
     Adjoint Sampling losses are then weighted so that late times are trained, see
-    ``docs/chem.md``). Off by default.
+    ``docs/chem.md``); ``noise_floor`` (Å) floors the output scale ``c(t)``. Off by default.
     """
     if precondition and schedule is None:
         raise ValueError("model.precondition: true needs the run's schedule (build the model "
@@ -101,7 +102,7 @@ def molecular_egnn(smiles: str | None = None, hidden: int = 64, n_layers: int = 
         mol = _checked(smiles, space)
         net = BoundContextModel(MolecularEGNN(hidden, n_layers, time_dim), mol.context())
     if precondition:
-        return PreconditionedControl(net, schedule, data_scale)
+        return PreconditionedControl(net, schedule, data_scale, noise_floor=noise_floor)
     return net
 
 
