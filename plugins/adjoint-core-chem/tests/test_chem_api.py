@@ -85,9 +85,10 @@ def test_check_molecule_reasons(smiles, reason):
     assert "'x'" in str(info.value)
 
 
-def test_conformers_cli_bad_input_and_rerun(run_dir, tmp_path, capsys):
+def test_conformers_cli_bad_input_and_rerun(run_dir, tmp_path, capsys, monkeypatch):
     smi = tmp_path / "in.smi"
-    smi.write_bytes(b"CCO ethanol\r\n\r\nC1CC broken\r\nCC(=O)[O-].[Na+] salt\r\n"
+    smi.write_bytes(b"# a comment\r\nCCO ethanol\r\n\r\n  \t\r\nC1CC broken\r\n"
+                    b"CC(=O)[O-].[Na+] salt\r\n"
                     b"CC[NH3+] cation\r\nC[CH2] radical\r\nC[Si](C)(C)C tms\r\n"
                     b"CCCCCCCCCC decane\r\nCCN ethanol\r\nCC(=O)N acetamide\r\n")
     out = tmp_path / "confs"
@@ -114,10 +115,16 @@ def test_conformers_cli_bad_input_and_rerun(run_dir, tmp_path, capsys):
     assert main(["conformers", "--run", str(run_dir), "--smiles", "CCCO", "--smiles", "CCN",
                  "--num-conformers", "2", "--out", str(tmp_path / "s")]) == 0
     assert (tmp_path / "s" / "CCCO.sdf").is_file() and (tmp_path / "s" / "CCN.sdf").is_file()
+    # no run given and the default model not installed: one message saying how to get one
+    import adjoint_core_chem.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "DEFAULT_MODEL", tmp_path / "no_model")
     assert main(["conformers", "--smiles", "CCO", "--num-conformers", "2",
                  "--out", str(tmp_path / "n")]) == 2
     err = capsys.readouterr().err
-    assert "no trained model ships" in err and "--run" in err
+    assert "default conformer model is not installed" in err and "--run" in err
+    assert "chem-export" in err and str(tmp_path / "no_model") in err
+    assert not (tmp_path / "n").exists()
 
 
 def test_diagnostics_and_callback(tmp_path):

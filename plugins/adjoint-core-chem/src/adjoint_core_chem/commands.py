@@ -1,24 +1,35 @@
-"""``adjoint-core`` sub-commands of the chemistry plugin: ``chem-train`` and ``conformers``.
+"""``adjoint-core`` sub-commands of the chemistry plugin: chem-train, conformers, chem-export.
 
 ``adjoint-core chem-train CONFIG --out RUN_DIR`` is an alias of ``adjoint-core train CONFIG
 --out RUN_DIR`` (amortized runs are ordinary core runs of the ``molecules`` problem, see
 :mod:`adjoint_core_chem.problem`); it only also sets the number of torch threads.
 
-``adjoint-core conformers RUN_DIR --smiles-file FILE --num-conformers K --out DIR
-[--relax none|mmff|xtb]`` loads any run directory whose problem can make a target for a new
-molecule (:func:`adjoint_core.app.run.load_run`, ``trainer.problem.make_target``: the chemistry
-plugin's ``molecules``, the torsion plugin's ``torsional_molecules``, or a plugin's own), samples
-K states with ``trainer.sample(K, target=...)`` and turns them into Cartesian coordinates with
-the target's ``info["to_positions"]`` when it has one (states that are already coordinates
-otherwise; a target with ``info["fixed_positions"]`` has nothing to sample and returns that
-geometry K times). It writes ``DIR/<name>.sdf`` per molecule: K conformers with hydrogens, each
-with the properties ``conformer_id``, ``energy_mmff_kcal_mol`` (and ``energy_xtb_kcal_mol``
-after an xTB relaxation), ``relaxed`` and, when the target names one in
-``info["state_property"]``, the sampled state (e.g. ``torsions_rad``). Molecules that cannot be
-parsed, have an unsupported element or cannot be typed by MMFF are skipped and reported (in the
-output and in ``DIR/summary.json``); the others are still written. Exit status 0 when every
-molecule succeeded, 1 when none did, 2 when some were skipped. A bad argument ends with one line
-``error: <argument>: <value>: <what is allowed>`` and status 2 before any molecule is generated.
+``adjoint-core conformers [RUN_DIR] --smiles-file FILE --num-conformers K --out DIR
+[--relax none|mmff|xtb] [--weights] [--finetune-steps N --finetune-energy mmff|xtb]`` loads the
+model: by default the shipped one (:data:`~adjoint_core_chem.pretrained.DEFAULT_MODEL`; the
+error says how to train and export one while it is not installed), else ``--run`` / ``RUN_DIR``:
+a model directory of ``chem-export`` or any run directory whose problem can make a target for
+a new molecule (:func:`adjoint_core.app.run.load_run`, ``trainer.problem.make_target``: the
+chemistry plugin's ``molecules``, the torsion plugin's ``torsional_molecules``, or a plugin's
+own). It samples K states with ``trainer.sample(K, target=...)`` and turns them into Cartesian
+coordinates with the target's ``info["to_positions"]`` when it has one (states that are
+already coordinates otherwise; a target with ``info["fixed_positions"]`` has nothing to sample
+and returns that geometry K times). It writes ``DIR/<name>.sdf`` per molecule: K conformers
+with hydrogens, each with the properties ``conformer_id``, ``energy_mmff_kcal_mol`` (and
+``energy_xtb_kcal_mol`` after an xTB relaxation), ``relaxed`` and, when the target names one
+in ``info["state_property"]``, the sampled state (e.g. ``torsions_rad``); with ``--weights``
+(raw samples only) also ``log_weight``, ``importance_weight`` and the molecule's ``ess``.
+``--finetune-steps N`` first fine-tunes the model on each molecule for N gradient steps of
+Adjoint Sampling on ``--finetune-energy`` (:mod:`adjoint_core_chem.finetune`). Molecules that
+cannot be parsed, are salts, charged, radicals, too large, have an unsupported element or
+cannot be typed by MMFF are skipped and reported (in the output and in ``DIR/summary.json``);
+the others are still written, and a re-run skips the molecules already written. Exit status 0
+when every molecule succeeded, 1 when none did, 2 when some were skipped. A bad argument ends
+with one line ``error: <argument>: <value>: <what is allowed>`` and status 2 before any
+molecule is generated.
+
+``adjoint-core chem-export RUN_DIR --out MODEL_DIR [--card CARD.json]`` writes the slim model
+directory of a trained run (:func:`adjoint_core_chem.pretrained.export_model`).
 """
 
 from __future__ import annotations
@@ -135,8 +146,31 @@ def _run_train(args: argparse.Namespace) -> int:
                 + (["--no-progress"] if args.no_progress else []))
 
 
+def _run_export(args: argparse.Namespace) -> int:
+    import json
+
+    from .pretrained import export_model
+
+    card = None
+    if args.card:
+        p = Path(args.card)
+        try:
+            card = json.loads(p.read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--card: {args.card}: cannot be read as JSON ({exc}); give a "
+                              "JSON file holding an object") from None
+        if not isinstance(card, dict):
+            raise ConfigError(f"--card: {args.card}: holds a JSON {type(card).__name__}; give "
+                              "a JSON object")
+    dest = export_model(args.run_dir, args.out, card)
+    size = (dest / "model.pt").stat().st_size
+    print(f"exported {args.run_dir} -> {dest} (model.pt {size / 1e6:.2f} MB); use it with "
+          f"adjoint-core conformers --run {dest}")
+    return 0
+
+
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``chem-train`` and ``conformers`` to the ``adjoint-core`` command line."""
+    """Add ``chem-train``, ``conformers`` and ``chem-export`` to the ``adjoint-core`` CLI."""
     from .api import add_input_arguments, run_conformers_command
 
     p = subparsers.add_parser("chem-train", help="alias of `train` with a torch thread count "
@@ -166,5 +200,23 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--seed", type=arg_seed, default=0, help="seed (molecule i uses seed + i)")
     c.add_argument("--limit", type=arg_int(0), default=0,
                    help="only the first N molecules (0: all)")
+    c.add_argument("--weights", action="store_true",
+                   help="also write importance weights (log_weight, importance_weight) and "
+                   "the ESS (raw samples: needs --relax none)")
+    c.add_argument("--finetune-steps", type=arg_int(0), default=0,
+                   help="fine-tune the model on each molecule for N gradient steps of Adjoint "
+                   "Sampling before generating (0: off)")
+    c.add_argument("--finetune-energy", choices=["mmff", "xtb"], default="mmff",
+                   help="energy of the fine-tuning (xtb needs tblite)")
+    c.add_argument("--no-progress", action="store_true", help="no fine-tuning progress bar")
     c.add_argument("--threads", type=arg_int(1), default=1, help="torch threads (default 1)")
     c.set_defaults(func=run_conformers_command)
+
+    e = subparsers.add_parser("chem-export", help="write the slim model directory of a "
+                              "trained molecular run (config, sampling weights, card)")
+    e.add_argument("run_dir", help="run directory of `adjoint-core train`")
+    e.add_argument("--out", type=arg_output(directory=True), required=True,
+                   help="model directory to write (use it with conformers --run)")
+    e.add_argument("--card", default=None,
+                   help="JSON file of notes for card.json (description, cpu_hours, ...)")
+    e.set_defaults(func=_run_export)
