@@ -4,6 +4,14 @@ Every energy here is built for **one molecule** (a :class:`~adjoint_core_chem.mo
 and is batched over its conformers: states are ``(batch, N, 3)`` in Å. Several molecules are
 evaluated together with :func:`energy_and_grad_many` (one call, a list of per-molecule batches).
 
+**Parallel evaluation.** MMFF94 and GFN2-xTB are evaluated one conformer at a time on the CPU;
+with an :class:`~adjoint_core_chem.workers.EnergyWorkerPool` (``make_energy(..., workers=pool)``
+or the ``molecules`` problem's ``energy_workers``) a batch is split over worker processes, with
+the same per-conformer code (results equal the in-process path to float64 round-off).
+**eSEN** (``kind="esen"``, the adjoint-core-esen plugin) is a torch model, evaluated in-process
+on the input's device; :func:`make_energy` takes one loaded ``ESENPotential`` shared by all
+molecules.
+
 Units (one convention for the whole plugin):
 
 * positions in Å; energies in **kcal/mol**; gradients ``+∇E`` in kcal/mol/Å;
@@ -37,6 +45,8 @@ whole ``∇E`` by ``τ``) the wrapper therefore returns ``E + τ·E_reg``, whose
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,11 +56,12 @@ from rdkit.Chem import AllChem
 from adjoint_core.problem.energy import Energy, external_energy
 
 from .molecule import Molecule, MoleculeError
+from .workers import EnergyWorkerPool, WorkerSpec
 
 __all__ = [
     "KB_KCAL", "KT_300K", "HARTREE_IN_KCAL", "BOHR_IN_ANGSTROM", "MMFFEnergy", "XTBEnergy",
     "BondRegularizedEnergy", "energy_and_grad_many", "make_energy", "COVALENT_RADII",
-    "VDW_RADII",
+    "VDW_RADII", "ENERGY_KINDS",
 ]
 
 #: Boltzmann constant in kcal/mol/K.
@@ -67,26 +78,62 @@ COVALENT_RADII = {1: 0.31, 6: 0.76, 8: 0.66, 7: 0.71, 9: 0.57, 17: 0.99, 35: 1.1
 #: van der Waals radii (Å) of the regulariser, by atomic number.
 VDW_RADII = {1: 1.10, 6: 1.70, 8: 1.52, 7: 1.55, 9: 1.47, 17: 1.75, 35: 1.83, 16: 1.80,
              53: 1.98, 15: 1.80}
+#: Energy kinds of :func:`make_energy`.
+ENERGY_KINDS = ("mmff", "xtb", "esen")
 
 
 class _MoleculeEnergy(Energy):
-    """Base of the per-molecule energies: event shape ``(N, 3)``, external gradient."""
+    """Base of the per-molecule CPU energies: event shape ``(N, 3)``, external gradient.
+
+    Subclasses implement ``_compute`` (one batch, in-process) and ``_worker_options`` (the
+    keyword options that rebuild the energy in a worker process).
+
+    Attributes:
+        workers: The worker pool that evaluates batches of two or more conformers, or ``None``
+            (in-process).
+    """
 
     #: Unit of the energies (all energies of this plugin use kcal/mol).
     unit = "kcal/mol"
+    #: Name of the energy kind (:data:`ENERGY_KINDS`).
+    kind = ""
 
     def __init__(self, molecule: Molecule, temperature: float = KT_300K) -> None:
         super().__init__((molecule.n_atoms, 3), temperature)
         self.molecule = molecule
+        self.workers: EnergyWorkerPool | None = None
+        self._spec: WorkerSpec | None = None
 
     def _compute(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E, ∇E)`` of a batch in-process (float64, on ``x``'s device)."""
         raise NotImplementedError
 
+    def _worker_options(self) -> dict[str, Any]:
+        """Keyword options of the constructor (besides molecule and temperature)."""
+        raise NotImplementedError
+
+    def worker_spec(self) -> WorkerSpec:
+        """What a worker process needs to rebuild this energy (built once, then cached)."""
+        if self._spec is None:
+            self._spec = WorkerSpec(self.kind, self.molecule.name, self.molecule.mol.ToBinary(),
+                                    tuple(sorted(self._worker_options().items())))
+        return self._spec
+
+    def _uses_workers(self, batch: int) -> bool:
+        return self.workers is not None and self.workers.n_workers > 1 and batch > 1
+
+    def _evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E, ∇E)`` of a batch, in the worker pool when there is one (float64)."""
+        if not self._uses_workers(x.shape[0]):
+            return self._compute(x)
+        ((e, g),) = self.workers.evaluate_many([(self.worker_spec(), _positions(x))])
+        return _from_numpy(e, g, x)
+
     def _energy(self, x: torch.Tensor) -> torch.Tensor:
-        return external_energy(x, self._compute)
+        return external_energy(x, self._evaluate)
 
     def _energy_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        e, g = self._compute(x.detach())
+        e, g = self._evaluate(x.detach())
         return e.to(x.dtype), g.to(x.dtype)
 
     def __repr__(self) -> str:
@@ -111,11 +158,14 @@ class MMFFEnergy(_MoleculeEnergy):
         MoleculeError: If MMFF cannot type the molecule (names it).
     """
 
+    kind = "mmff"
+
     def __init__(self, molecule: Molecule, temperature: float = KT_300K,
                  variant: str = "MMFF94") -> None:
         super().__init__(molecule, temperature)
         if variant not in ("MMFF94", "MMFF94s"):
             raise ValueError(f"MMFF variant must be 'MMFF94' or 'MMFF94s', got {variant!r}")
+        self.variant = variant
         mol = Chem.Mol(molecule.mol)
         RDLogger.DisableLog("rdApp.*")
         try:
@@ -134,6 +184,9 @@ class MMFFEnergy(_MoleculeEnergy):
         self._ff = AllChem.MMFFGetMoleculeForceField(mol, props, ignoreInterfragInteractions=False)
         if self._ff is None:
             raise MoleculeError(f"molecule {molecule.name!r}: MMFF94 force-field set-up failed")
+
+    def _worker_options(self) -> dict[str, Any]:
+        return {"variant": self.variant}
 
     def _compute(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xs = x.detach().double().cpu().numpy().reshape(x.shape[0], -1)
@@ -192,6 +245,8 @@ class XTBEnergy(_MoleculeEnergy):
         ImportError: tblite is not installed.
     """
 
+    kind = "xtb"
+
     def __init__(self, molecule: Molecule, temperature: float = KT_300K,
                  method: str = "GFN2-xTB", accuracy: float = 1.0,
                  max_iterations: int = 250) -> None:
@@ -204,6 +259,10 @@ class XTBEnergy(_MoleculeEnergy):
         self.charge = float(sum(a.GetFormalCharge() for a in molecule.mol.GetAtoms()))
         self.uhf = int(sum(a.GetNumRadicalElectrons() for a in molecule.mol.GetAtoms()))
         self._numbers = molecule.atomic_numbers.numpy().astype(np.int32)
+
+    def _worker_options(self) -> dict[str, Any]:
+        return {"method": self.method, "accuracy": self.accuracy,
+                "max_iterations": self.max_iterations}
 
     def _single(self, pos_angstrom: np.ndarray) -> tuple[float, np.ndarray]:
         from tblite.interface import Calculator
@@ -274,17 +333,19 @@ class BondRegularizedEnergy(Energy):
     as in the paper. Elements outside the radius tables raise.
 
     Args:
-        base: A per-molecule energy (``base.molecule`` is used for bonds and radii).
+        base: A per-molecule energy with a ``molecule`` attribute (MMFF94, GFN2-xTB, eSEN);
+            ``base.molecule`` is used for bonds and radii.
         alpha: Weight ``α`` of the penalty (paper: 100).
     """
 
     unit = "kcal/mol"
 
-    def __init__(self, base: _MoleculeEnergy, alpha: float = 100.0) -> None:
+    def __init__(self, base: Energy, alpha: float = 100.0) -> None:
         super().__init__(base.event_shape, base.temperature)
         if not (alpha >= 0 and math.isfinite(alpha)):
             raise ValueError(f"regulariser alpha must be a finite number >= 0, got {alpha!r}")
         self.base, self.alpha, self.molecule = base, float(alpha), base.molecule
+        self.unit = getattr(base, "unit", type(self).unit)
         z = self.molecule.atomic_numbers.tolist()
         missing = sorted({v for v in z if v not in COVALENT_RADII})
         if missing:
@@ -315,6 +376,11 @@ class BondRegularizedEnergy(Energy):
 
     def _energy_and_grad(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         e, g = self.base._energy_and_grad(x)
+        return self._add_regularizer(x, e, g)
+
+    def _add_regularizer(self, x: torch.Tensor, e: torch.Tensor, g: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(e + τ·E_reg(x), g + τ·∇E_reg(x))`` for the base energy's ``(e, g)`` at ``x``."""
         with torch.enable_grad():
             xr = x.detach().double().requires_grad_(True)
             r = self.regularizer(xr)
@@ -330,26 +396,73 @@ class BondRegularizedEnergy(Energy):
         return f"BondRegularizedEnergy({self.base!r}, alpha={self.alpha})"
 
 
+def _positions(x: torch.Tensor) -> np.ndarray:
+    """``x`` as a float64 numpy array on the CPU (what the worker processes receive)."""
+    return x.detach().to("cpu", torch.float64).numpy()
+
+
+def _from_numpy(e: np.ndarray, g: np.ndarray, x: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Worker results as float64 tensors shaped and placed like ``x``."""
+    return (torch.from_numpy(e).to(x.device),
+            torch.from_numpy(g).reshape(x.shape).to(x.device))
+
+
+def _esen_energy(molecule: Molecule, temperature: float, potential: Any) -> Energy:
+    """The eSEN energy of ``molecule`` (adjoint-core-esen, imported here, not before)."""
+    if potential is None:
+        raise ValueError("energy kind 'esen' needs a loaded eSEN model: pass esen_potential (an "
+                         "adjoint_core_esen.ESENPotential, shared by all molecules, or a local "
+                         "checkpoint path)")
+    try:
+        from adjoint_core_esen.energy import ESENEnergy
+    except ImportError as exc:
+        raise ImportError(f"energy kind 'esen' needs the eSEN plugin adjoint-core-esen and "
+                          f"fairchem-core: install them with `pip install adjoint-core[esen]` "
+                          f"({exc})") from exc
+    if isinstance(potential, (str, Path)):
+        return ESENEnergy(str(potential), molecule=molecule, temperature=temperature)
+    return ESENEnergy(potential, molecule=molecule, temperature=temperature)
+
+
 def make_energy(molecule: Molecule, kind: str = "mmff", temperature: float = KT_300K,
-                regularize: bool = True, alpha: float = 100.0) -> Energy:
+                regularize: bool = True, alpha: float = 100.0, *,
+                workers: EnergyWorkerPool | None = None, esen_potential: Any = None) -> Energy:
     """Build the energy of ``molecule`` by name.
 
     Args:
         molecule: The molecule.
-        kind: ``"mmff"`` (MMFF94, RDKit) or ``"xtb"`` (GFN2-xTB, tblite).
+        kind: ``"mmff"`` (MMFF94, RDKit), ``"xtb"`` (GFN2-xTB, tblite) or ``"esen"`` (eSEN,
+            fairchem; needs ``esen_potential``).
         temperature: ``τ`` in kcal/mol.
         regularize: Wrap in :class:`BondRegularizedEnergy`.
         alpha: Regulariser weight.
+        workers: Worker pool that evaluates conformer batches of ``mmff`` / ``xtb`` in
+            parallel (``None``: in-process); it may be shared by many molecules' energies.
+        esen_potential: For ``kind="esen"``: a loaded ``adjoint_core_esen.ESENPotential``
+            (share one between molecules so that the checkpoint is loaded once) or a local
+            checkpoint path. eSEN is evaluated in-process on the input's device.
 
     Raises:
-        ValueError: Unknown ``kind``. MoleculeError: the molecule cannot be typed.
+        ValueError: Unknown ``kind``, ``workers`` with ``"esen"``, ``"esen"`` without
+            ``esen_potential``. MoleculeError: the molecule cannot be typed.
+        ImportError: tblite (``"xtb"``) or adjoint-core-esen / fairchem-core (``"esen"``) is
+            not installed.
     """
     if kind == "mmff":
-        base: _MoleculeEnergy = MMFFEnergy(molecule, temperature)
+        base: Energy = MMFFEnergy(molecule, temperature)
     elif kind == "xtb":
         base = XTBEnergy(molecule, temperature)
+    elif kind == "esen":
+        if workers is not None:
+            raise ValueError("workers: eSEN is a torch model evaluated in-process; worker "
+                             "processes are for the 'mmff' and 'xtb' energies")
+        base = _esen_energy(molecule, temperature, esen_potential)
     else:
-        raise ValueError(f"energy kind must be 'mmff' or 'xtb', got {kind!r}")
+        raise ValueError(f"energy kind must be 'mmff' or 'xtb' (or 'esen' with an "
+                         f"esen_potential), got {kind!r}")
+    if workers is not None:
+        base.workers = workers
     return BondRegularizedEnergy(base, alpha) if regularize else base
 
 
@@ -357,13 +470,43 @@ def energy_and_grad_many(energies: list[Energy], xs: list[torch.Tensor]
                          ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Evaluate several molecules in one call: ``energies[i]`` on the batch ``xs[i]``.
 
+    MMFF94 / GFN2-xTB energies (regularised or not) that share a worker pool are queued
+    together, so that the workers stay busy even when each molecule has few conformers; the
+    other energies are evaluated one after the other. The results and evaluation counts equal
+    ``[e.energy_and_grad(x) for e, x in zip(energies, xs)]``.
+
     Args:
         energies: One energy per molecule.
         xs: Conformer batches, ``xs[i]`` of shape ``(b_i, N_i, 3)``.
 
     Returns:
         ``[(E_i (b_i,), ∇E_i (b_i, N_i, 3)), …]``.
+
+    Raises:
+        EnergyWorkerError: An evaluation failed in a worker process (names the molecule).
     """
     if len(energies) != len(xs):
         raise ValueError(f"got {len(energies)} energies for {len(xs)} conformer batches")
-    return [e.energy_and_grad(x) for e, x in zip(energies, xs, strict=True)]
+    out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(xs)
+    pooled: dict[int, list[int]] = {}
+    for i, (en, x) in enumerate(zip(energies, xs, strict=True)):
+        base = en.base if isinstance(en, BondRegularizedEnergy) else en
+        if isinstance(base, _MoleculeEnergy) and base._uses_workers(x.shape[0]):
+            en._check(x)
+            pooled.setdefault(id(base.workers), []).append(i)
+        else:
+            out[i] = en.energy_and_grad(x)
+    for idx in pooled.values():
+        bases = [energies[i].base if isinstance(energies[i], BondRegularizedEnergy)
+                 else energies[i] for i in idx]
+        results = bases[0].workers.evaluate_many(
+            [(b.worker_spec(), _positions(xs[i])) for b, i in zip(bases, idx, strict=True)])
+        for i, (e_np, g_np) in zip(idx, results, strict=True):
+            en, x = energies[i], xs[i]
+            e, g = _from_numpy(e_np, g_np, x)
+            e, g = e.to(x.dtype), g.to(x.dtype)
+            if isinstance(en, BondRegularizedEnergy):
+                e, g = en._add_regularizer(x, e, g)
+            en.n_evaluations += x.shape[0]
+            out[i] = (e, g)
+    return out  # type: ignore[return-value]

@@ -6,7 +6,8 @@ problem from a set of molecules:
 
 * each molecule is a :class:`~adjoint_core.problem.target.Target` with a mean-free
   :class:`~adjoint_core.problem.spaces.EuclideanSpace` ``(N, 3)`` (Å), its energy
-  (:func:`~adjoint_core_chem.energy.make_energy`: MMFF94 or GFN2-xTB, optionally regularised),
+  (:func:`~adjoint_core_chem.energy.make_energy`: MMFF94, GFN2-xTB or eSEN, optionally
+  regularised),
   its graph as the model context (:meth:`~adjoint_core_chem.molecule.Molecule.context`), its
   own replay buffer and RDKit ETKDG conformers as reference states (``Target.data``, used by
   the bridge-matching warm-up, ``train.warmup_epochs``);
@@ -22,11 +23,27 @@ Config (``adjoint-core train``)::
       name: molecules
       smiles_file: spice_train            # packaged SPICE set, or a file, or smiles: [CCO]
       max_molecules: 1000
-      kind: mmff                           # energy: mmff | xtb
+      kind: mmff                           # energy: mmff | xtb | esen
+      energy_workers: 4                    # mmff / xtb: worker processes (0: in-process; auto)
     model: {name: molecular_egnn, hidden: 32, n_layers: 4}
 
 A relative ``smiles_file`` is read relative to the working directory (the directory
 ``adjoint-core train`` is started from), not the config file's folder.
+
+**Energies.** ``kind: mmff`` (MMFF94, RDKit) and ``kind: xtb`` (GFN2-xTB, tblite) are CPU codes
+called once per conformer. With ``energy_workers: N`` (``N >= 2``) each target's conformer batch
+is split over ``N`` worker processes (:mod:`adjoint_core_chem.workers`), one pool shared by all
+targets, each worker caching its per-molecule set-up; results equal the in-process path.
+``0`` or ``1`` (the default) evaluates in-process; ``auto`` uses ``min(cores - 1, 8)``.
+
+``kind: esen`` uses an eSEN model (the adjoint-core-esen plugin, fairchem-core) from the local
+checkpoint ``esen_checkpoint: PATH`` (relative to the working directory; nothing is
+downloaded). The checkpoint is loaded **once** and the model is shared by all molecules'
+targets; it is a torch model, evaluated in-process on the device of the samples (worker
+processes do not apply: ``energy_workers`` must be 0, 1 or ``auto``)::
+
+    problem: {name: molecules, smiles_file: spice_train, kind: esen,
+              esen_checkpoint: checkpoints/esen_sm_conserving_all.pt}
 
 The same molecule selection (:func:`select_molecules`) is used by other plugins' problems, e.g.
 the torsion plugin's ``torsional_molecules``.
@@ -45,11 +62,12 @@ from adjoint_core.problem.buffer import Buffer, ReplayBuffer
 from adjoint_core.problem.spaces import EuclideanSpace
 from adjoint_core.problem.target import Problem, Target
 
-from .energy import KT_300K, make_energy
+from .energy import ENERGY_KINDS, KT_300K, make_energy
 from .molecule import Molecule, MoleculeError, mol_from_smiles, read_smiles_file
+from .workers import EnergyWorkerPool, resolve_workers
 
 __all__ = ["PACKAGED_SMILES", "packaged_smiles_path", "select_molecules", "molecules",
-           "molecule_target", "etkdg_seed"]
+           "molecule_target", "etkdg_seed", "load_esen_potential"]
 
 
 #: SMILES sets shipped with this package (SPICE, CC0; provenance in ``data/README.md``):
@@ -150,17 +168,59 @@ def select_molecules(
     return mols, skipped
 
 
+def load_esen_potential(checkpoint: str | Path | None, field: str = "problem.esen_checkpoint"):
+    """Load the eSEN model of ``kind: esen`` once (adjoint-core-esen, imported only here).
+
+    Args:
+        checkpoint: Local fairchem checkpoint file (relative paths: the working directory).
+        field: The setting's name, for the error messages.
+
+    Returns:
+        An ``adjoint_core_esen.ESENPotential`` to share between all molecules' energies.
+
+    Raises:
+        ConfigError: No checkpoint given, a missing or incompatible file, or the eSEN plugin /
+            fairchem-core not installed (names the field, the path and what to install).
+    """
+    if checkpoint is None:
+        raise ConfigError(f"{field}: missing: kind 'esen' needs a local fairchem eSEN checkpoint "
+                          f"file (esen_checkpoint: PATH; nothing is downloaded)")
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise ConfigError(f"{field}: {str(checkpoint)!r}: file not found (relative paths are read "
+                          f"from the working directory {Path.cwd()}; nothing is downloaded)")
+    try:
+        from adjoint_core_esen.checkpoint import ESENCheckpointError
+        from adjoint_core_esen.energy import ESENPotential
+    except ImportError as exc:
+        raise ConfigError(f"problem.kind: 'esen': needs the eSEN plugin adjoint-core-esen "
+                          f"(install it with `pip install adjoint-core[esen]`; import error: "
+                          f"{exc})") from exc
+    try:
+        return ESENPotential(path)
+    except ImportError as exc:  # fairchem-core missing or broken
+        raise ConfigError(f"problem.kind: 'esen' ({field}: {str(checkpoint)!r}): {exc}") from exc
+    except ESENCheckpointError as exc:
+        raise ConfigError(f"{field}: {str(checkpoint)!r}: {exc}") from exc
+
+
 def molecule_target(molecule: Molecule | str, buffer: Buffer, kind: str = "mmff",
                     temperature: float = KT_300K, regularize: bool = True,
-                    alpha: float = 100.0) -> Target:
+                    alpha: float = 100.0, *, workers: EnergyWorkerPool | None = None,
+                    esen_potential=None) -> Target:
     """The Cartesian target of one molecule (see the module docstring).
+
+    ``workers`` and ``esen_potential`` are passed to
+    :func:`~adjoint_core_chem.energy.make_energy` (a shared worker pool for ``mmff`` / ``xtb``;
+    the shared eSEN model for ``esen``).
 
     Raises:
         MoleculeError: Unparsable SMILES, or an energy that cannot type the molecule.
     """
     mol = mol_from_smiles(molecule) if isinstance(molecule, str) else molecule
     return Target(
-        energy=make_energy(mol, kind, temperature, regularize, alpha),
+        energy=make_energy(mol, kind, temperature, regularize, alpha, workers=workers,
+                           esen_potential=esen_potential),
         space=EuclideanSpace(mol.n_atoms, 3, mean_free=True), buffer=buffer,
         context=mol.context(), name=mol.name,
         data=lambda n, seed: mol.embed(n, seed=etkdg_seed(seed)),
@@ -171,9 +231,10 @@ def molecules(
     smiles_file: str | None = None, smiles: list[str] | None = None,
     max_molecules: int = 256, max_atoms: int = 60, offset: int = 0,
     shuffle_seed: int | None = None, min_rotatable_bonds: int = 0,
-    kind: Literal["mmff", "xtb"] = "mmff", temperature: float = KT_300K,
+    kind: Literal["mmff", "xtb", "esen"] = "mmff", temperature: float = KT_300K,
     regularize: bool = True, alpha: float = 100.0,
     make_buffer: Callable[[], Buffer] | None = None,
+    energy_workers: int | Literal["auto"] = 0, esen_checkpoint: str | None = None,
 ) -> Problem:
     """Registry factory of the problem ``molecules``: one Cartesian target per molecule.
 
@@ -186,27 +247,65 @@ def molecules(
         offset: Skip this many rows of the file first.
         shuffle_seed: Shuffle the rows with this seed first.
         min_rotatable_bonds: Skip molecules with fewer rotatable bonds.
-        kind: Energy, ``"mmff"`` (MMFF94) or ``"xtb"`` (GFN2-xTB).
+        kind: Energy, ``"mmff"`` (MMFF94), ``"xtb"`` (GFN2-xTB) or ``"esen"`` (eSEN from
+            ``esen_checkpoint``; needs adjoint-core-esen).
         temperature: ``τ`` in kcal/mol (default ``k_B · 300 K``).
         regularize: Add the bond-structure regulariser.
         alpha: Regulariser weight.
         make_buffer: Builds one replay buffer (the config's ``buffer:`` section; injected by
             the core). Default: a 10,000-row FIFO.
+        energy_workers: Worker processes that evaluate ``mmff`` / ``xtb`` conformer batches
+            in parallel (one pool for all targets, started at the first evaluation): ``0`` or
+            ``1`` in-process (default), ``"auto"`` ``min(cores - 1, 8)``. ``esen`` is always
+            evaluated in-process (``"auto"`` is accepted and means in-process there).
+        esen_checkpoint: Local fairchem eSEN checkpoint of ``kind: esen`` (loaded once and
+            shared by all targets).
 
     Returns:
         The :class:`~adjoint_core.problem.target.Problem`; its ``make_target(smiles or
         Molecule)`` builds a target for a new molecule with the same energy settings.
+
+    Raises:
+        ConfigError: Bad settings (names the field), e.g. a missing ``esen_checkpoint`` file.
     """
+    if kind not in ENERGY_KINDS:
+        raise ConfigError(f"problem.kind: {kind!r}: unknown energy; one of "
+                          f"{', '.join(ENERGY_KINDS)}")
+    try:
+        n_workers = resolve_workers(energy_workers)
+    except ValueError as exc:
+        raise ConfigError(f"problem.{exc}") from None
+    if esen_checkpoint is not None and kind != "esen":
+        raise ConfigError(f"problem.esen_checkpoint: {esen_checkpoint!r}: only used with "
+                          f"kind: esen (kind is {kind!r})")
+    esen_potential = None
+    if kind == "esen":
+        if energy_workers != "auto" and n_workers > 1:
+            raise ConfigError(f"problem.energy_workers: {energy_workers!r}: eSEN is a torch "
+                              f"model evaluated in-process; worker processes are for kind mmff "
+                              f"and xtb (set energy_workers: 0)")
+        n_workers = 0
+        esen_potential = load_esen_potential(esen_checkpoint)
     mols, skipped = select_molecules(smiles_file, smiles, max_molecules, max_atoms, offset,
                                      shuffle_seed, min_rotatable_bonds, kind == "mmff")
+    workers = EnergyWorkerPool(n_workers) if n_workers > 1 else None
     new_buffer = make_buffer or (lambda: ReplayBuffer(10_000))
 
     def make_target(molecule: Molecule | str, buffer: Buffer | None = None) -> Target:
         return molecule_target(molecule, buffer if buffer is not None else new_buffer(), kind,
-                               temperature, regularize, alpha)
+                               temperature, regularize, alpha, workers=workers,
+                               esen_potential=esen_potential)
 
-    targets = [make_target(m) for m in mols]
+    try:
+        targets = [make_target(m) for m in mols]
+    except BaseException:
+        if workers is not None:
+            workers.close()
+        raise
     info = {"n_molecules": len(mols),
             "molecule_atoms": {m.name: m.n_atoms for m in mols},
-            "skipped": skipped}
+            "skipped": skipped,
+            "energy_workers": max(n_workers, 1)}
+    if esen_potential is not None:
+        info["esen_checkpoint"] = str(esen_checkpoint)
     return Problem(targets, make_target=make_target, info=info)
