@@ -94,3 +94,26 @@ def test_checkpoint_is_weights_only_and_rejects_other_config(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_checkpoint_config_check_ignores_runtime_keys(tmp_path):
+    """A resumed launch may change speed-only settings (RUNTIME_KEYS) but not the problem."""
+    import pytest
+    import torch
+
+    from adjoint_core.app.checkpoint import (
+        FORMAT_VERSION,
+        RUNTIME_KEYS,
+        CheckpointError,
+        load_checkpoint,
+    )
+
+    assert "energy_workers" in RUNTIME_KEYS
+    stored = {"problem": {"name": "molecules", "max_molecules": 10, "energy_workers": 0}}
+    path = tmp_path / "latest.pt"
+    torch.save({"format": FORMAT_VERSION, "config": stored, "state": {}}, path)
+    same = {"problem": {"name": "molecules", "max_molecules": 10, "energy_workers": 4}}
+    assert load_checkpoint(path, expected_config=same)["config"] == stored
+    other = {"problem": {"name": "molecules", "max_molecules": 11, "energy_workers": 0}}
+    with pytest.raises(CheckpointError, match="problem"):
+        load_checkpoint(path, expected_config=other)

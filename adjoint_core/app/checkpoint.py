@@ -133,6 +133,15 @@ def save_checkpoint(path: str | Path, state: dict, config: dict | None = None) -
 
 #: The config sections a checkpoint's state depends on (a resumed run must match all of them).
 COMPONENT_SECTIONS = ("energy", "space", "problem", "schedule", "model", "buffer")
+#: Keys of those sections that change speed, not results (e.g. the chemistry plugin's count of
+#: energy worker processes): a resumed launch may set them differently.
+RUNTIME_KEYS = ("energy_workers",)
+
+
+def _without_runtime_keys(section: Any) -> Any:
+    if isinstance(section, dict):
+        return {k: v for k, v in section.items() if k not in RUNTIME_KEYS}
+    return section
 
 
 def load_checkpoint(path: str | Path, expected_config: dict | None = None,
@@ -142,7 +151,8 @@ def load_checkpoint(path: str | Path, expected_config: dict | None = None,
 
     Args:
         path: Checkpoint file.
-        expected_config: If given, the stored config's ``sections`` must match.
+        expected_config: If given, the stored config's ``sections`` must match (apart from
+            :data:`RUNTIME_KEYS`).
         map_location: Passed to :func:`torch.load`.
         sections: The config sections compared with ``expected_config``.
 
@@ -166,7 +176,8 @@ def load_checkpoint(path: str | Path, expected_config: dict | None = None,
         )
     if expected_config is not None:
         stored = payload.get("config", {})
-        diff = [k for k in sections if stored.get(k) != expected_config.get(k)]
+        diff = [k for k in sections if _without_runtime_keys(stored.get(k))
+                != _without_runtime_keys(expected_config.get(k))]
         if diff:
             details = "; ".join(f"{k}: checkpoint {stored.get(k)} vs config "
                                 f"{expected_config.get(k)}" for k in diff)
