@@ -97,3 +97,63 @@ def test_read_reference_xyz_maps_atom_order(tmp_path, mol_and_confs):
     heavy = m.heavy_atoms.numpy()
     r = rmsd_matrix(refs[:, heavy], x[:2, heavy], heavy_automorphisms(m))
     np.testing.assert_allclose(np.diag(r), 0.0, atol=1e-4)
+
+
+def _rmsd_svd(ref, gen, perms):
+    """Reference: one Kabsch SVD per pair and automorphism (the former implementation)."""
+    ref, gen = np.asarray(ref, dtype=np.float64), np.asarray(gen, dtype=np.float64)
+    ref = ref - ref.mean(1, keepdims=True)
+    gen = gen - gen.mean(1, keepdims=True)
+    out = np.full((len(ref), len(gen)), np.inf)
+    for i, a in enumerate(ref):
+        for j, b in enumerate(gen):
+            for p in perms:
+                h = a.T @ b[p]
+                s = np.linalg.svd(h, compute_uv=False)
+                tr = s[0] + s[1] + np.sign(np.linalg.det(h)) * s[2]
+                msd = max((np.sum(a**2) + np.sum(b**2) - 2.0 * tr) / len(a), 0.0)
+                out[i, j] = min(out[i, j], msd)
+    return np.sqrt(out)
+
+
+def test_rmsd_matrix_equals_per_pair_kabsch(mol_and_confs):
+    m, x = mol_and_confs
+    heavy = m.heavy_atoms.numpy()
+    perms = heavy_automorphisms(m)
+    h = x[:, heavy]
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))
+    gen = np.concatenate([h @ q.T + 2.0,  # rotated copies: RMSD ~ 0 on the diagonal
+                          h[:2] * np.array([-1.0, 1.0, 1.0]),  # mirror images
+                          h[:2] + rng.normal(scale=0.3, size=h[:2].shape)])
+    want = _rmsd_svd(h, gen, perms)
+    for chunk in (2**18, 5):  # one block, and row blocks of one reference
+        got = rmsd_matrix(h, gen, perms, chunk=chunk)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+    # random point clouds (no structure, many permutations)
+    a, b = rng.normal(size=(4, 9, 3)) * 2.0, rng.normal(size=(5, 9, 3)) * 2.0
+    p = np.stack([np.arange(9)] + [rng.permutation(9) for _ in range(5)])
+    np.testing.assert_allclose(rmsd_matrix(a, b, p), _rmsd_svd(a, b, p), atol=1e-10)
+    # planar and collinear clouds (degenerate eigenvalues of Horn's matrix)
+    flat = a.copy()
+    flat[..., 2] = 0.0
+    np.testing.assert_allclose(rmsd_matrix(flat, flat), _rmsd_svd(flat, flat, p[:1]),
+                               atol=1e-6)
+    line = np.zeros((2, 4, 3))
+    line[..., 0] = [[0.0, 1.0, 2.0, 3.5], [0.1, 0.9, 2.2, 3.0]]
+    np.testing.assert_allclose(rmsd_matrix(line, line), _rmsd_svd(line, line, p[:1, :4]),
+                               atol=1e-6)
+
+
+def test_max_rotation_trace_newton_matches_svd_fallback():
+    from adjoint_core_chem.metrics import _max_rotation_trace
+
+    rng = np.random.default_rng(4)
+    h = rng.normal(size=(3, 3, 50))
+    h[..., :10] = np.einsum("ij,jkn->ikn", np.diag([1.0, 1.0, -1.0]), h[..., :10])
+    sv = np.linalg.svd(np.moveaxis(h, -1, 0), compute_uv=False)
+    e0 = sv.sum(1) * 1.5  # an upper bound of the largest eigenvalue
+    newton = _max_rotation_trace(h, e0)
+    svd_only = _max_rotation_trace(h, e0, max_iter=0)  # every entry takes the fallback
+    np.testing.assert_allclose(newton, svd_only, rtol=1e-10, atol=1e-10)
