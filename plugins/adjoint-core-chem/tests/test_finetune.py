@@ -70,6 +70,10 @@ def test_finetune_refusals(run_dir, monkeypatch):
         finetune("CCO", base, "mmff", steps=0, progress=False)
     with pytest.raises(ConfigError, match="energy: 'amber': one of 'mmff', 'xtb'"):
         finetune("CCO", base, "amber", steps=2, progress=False)
+    with pytest.raises(ConfigError, match="clip: 0: a number > 0"):
+        finetune("CCO", base, "mmff", steps=2, clip=0, progress=False)
+    with pytest.raises(ConfigError, match="lr: nan: a number > 0"):
+        finetune("CCO", base, "mmff", steps=2, lr=float("nan"), progress=False)
     monkeypatch.setitem(sys.modules, "tblite", None)
     monkeypatch.setitem(sys.modules, "tblite.interface", None)
     with pytest.raises(ConfigError, match="needs the optional package tblite"):

@@ -98,7 +98,8 @@ def _energy_settings(base) -> dict[str, Any]:
 def finetune(
     molecule: str | Chem.Mol | Molecule, run: Any = None, energy: str = "mmff",
     steps: int = 200, *, name: str | None = None, samples_per_epoch: int = 32,
-    steps_per_epoch: int = 10, batch_size: int = 32, lr: float | None = None,
+    steps_per_epoch: int = 10, batch_size: int = 32, lr: float = 1e-5,
+    clip: float = 20.0, grad_clip: float | None = 1.0,
     buffer_size: int = 1024, n_sde_steps: int | None = None, seed: int = 0,
     max_atoms: int | None = None, progress: bool = True,
 ) -> Trainer:
@@ -115,7 +116,12 @@ def finetune(
         samples_per_epoch: Conformers simulated and evaluated per epoch (energy evaluations).
         steps_per_epoch: Gradient steps per epoch (the last epoch takes the remainder).
         batch_size: Buffer rows per gradient step.
-        lr: Adam learning rate (default: the run's).
+        lr: Adam learning rate. The defaults of ``lr``, ``clip`` and ``grad_clip`` are the
+            least destructive of the settings measured after a bridge-matching warm-up
+            (``docs/chem.md``, "Adjoint Sampling after the warm-up"): larger rates or clips
+            break bonds within a few epochs.
+        clip: Per-atom clipping threshold of ``∇E/τ`` in the adjoint.
+        grad_clip: Clip the parameters' gradient norm (``None``: off).
         buffer_size: Replay-buffer capacity (rows).
         n_sde_steps: Euler–Maruyama steps (default: the run's).
         seed: Seed of the fine-tuning's random generator.
@@ -141,8 +147,11 @@ def finetune(
                          ("buffer_size", buffer_size)):
         if not isinstance(value, int) or value < 1:
             raise ConfigError(f"{field}: {value!r}: an integer >= 1")
-    if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ConfigError(f"lr: {lr!r}: a number > 0")
+    for field, value in (("lr", lr), ("clip", clip), ("grad_clip", grad_clip)):
+        if value is None and field == "grad_clip":
+            continue
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"{field}: {value!r}: a number > 0")
     mol = parse_molecule(molecule, name, MAX_ATOMS if max_atoms is None else max_atoms)
     base = run if hasattr(run, "sample") else load_conformer_run(run)
     check_finetunable(base)
@@ -159,8 +168,7 @@ def finetune(
         n_epochs=math.ceil(steps / steps_per_epoch), samples_per_epoch=samples_per_epoch,
         sim_batch_size=samples_per_epoch, grad_steps_per_epoch=steps_per_epoch,
         train_batch_size=batch_size, n_sde_steps=n_sde_steps or s.n_sde_steps,
-        lr=lr if lr is not None else s.lr, max_grad_norm=s.max_grad_norm,
-        grad_clip=s.grad_clip, nonfinite="drop")
+        lr=lr, max_grad_norm=clip, grad_clip=grad_clip, nonfinite="drop")
     model = copy.deepcopy(base.sampling_model)
     tuned = Trainer(Problem([target], make_target=make_target,
                             info={"finetuned": mol.name, "energy": energy, "steps": steps}),
