@@ -343,6 +343,8 @@ def parser() -> argparse.ArgumentParser:
                         "adjoint-core-chem)")
     p.add_argument("--device", default=None, help="device for 'ours' (default: the run's)")
     p.add_argument("--tag", default=None, help="result file name for 'ours' (default ours)")
+    p.add_argument("--suffix", default="",
+                   help="appended to every result file name, e.g. _k64 for a capped run")
     p.add_argument("--max-refs", type=int, default=MAX_REFS)
     p.add_argument("--max-n-refs", type=int, default=0,
                    help="skip molecules with more (matched, capped) references (0: keep all; "
@@ -384,7 +386,7 @@ def main(argv=None) -> int:
         from adjoint_core.plugins.registry import ConfigError
 
         for method in methods:
-            name = (args.tag or "ours") if method == "ours" else "etkdg"
+            name = ((args.tag or "ours") if method == "ours" else "etkdg") + args.suffix
             try:
                 run_method(method, args, out / f"{name}.json")
             except ConfigError as exc:
