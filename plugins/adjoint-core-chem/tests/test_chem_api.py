@@ -158,4 +158,5 @@ def test_gpu_config_model_builds_preconditioned():
     reg = default_registry()
     schedule = reg.build("schedule", cfg.schedule.name, cfg.schedule.params)
     model = reg.build("model", cfg.model.name, cfg.model.params, schedule=schedule)
-    assert isinstance(model, PreconditionedControl) and model.data_scale == 0.5
+    assert isinstance(model, PreconditionedControl)
+    assert model.data_scale == 1.0 and model.noise_floor == 1.0
