@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="per-atom clipping threshold of grad E / tau in the AS phase")
     p.add_argument("--as-grad-clip", type=float, default=None,
                    help="clip the parameters' gradient norm in the AS phase")
+    p.add_argument("--temperature", type=float, default=0.5961613,
+                   help="tau of the AS target in kcal/mol (default k_B * 300 K)")
     p.add_argument("--diag-every", type=int, default=5, help="diagnostics every N epochs")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config({
         "seed": a.seed,
         "problem": {"name": "molecules", "smiles": [a.smiles], "max_molecules": 1,
-                    "max_atoms": 200},
+                    "max_atoms": 200, "temperature": a.temperature},
         "schedule": {"name": "geometric", "sigma_min": 0.001, "sigma_max": 1.0},
         "model": model, "buffer": {"name": "fifo", "capacity": 128},
         "train": {"n_epochs": epochs, "warmup_epochs": epochs, "samples_per_epoch": 16,
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.as_epochs:
         name = tr.targets[0].name
         res.update(as_epochs=a.as_epochs, as_steps=a.as_steps, as_lr=a.as_lr,
-                   as_clip=a.as_clip, as_grad_clip=a.as_grad_clip)
+                   as_clip=a.as_clip, as_grad_clip=a.as_grad_clip,
+                   temperature=a.temperature)
         res["energy_evaluations"] = int(tr.counters["energy_evals"])
         res["as_history"] = [{"epoch": r["epoch"], "loss": r["loss"],
                               **{k.split("/")[-1]: v for k, v in r.items()
