@@ -22,23 +22,11 @@ from adjoint_core.app.config import load_config
 from adjoint_core.app.run import build_trainer, train_run
 from adjoint_core.problem.models import PreconditionedControl
 
-TINY = {
-    "seed": 0,
-    "problem": {"name": "molecules", "smiles": ["CCO", "CCCN"]},
-    "schedule": {"name": "geometric", "sigma_min": 0.001, "sigma_max": 1.0},
-    "model": {"name": "molecular_egnn", "hidden": 8, "n_layers": 2, "time_dim": 4,
-              "precondition": True, "data_scale": 0.5},
-    "buffer": {"name": "fifo", "capacity": 16},
-    "train": {"n_epochs": 3, "warmup_epochs": 2, "targets_per_epoch": 2, "samples_per_epoch": 4,
-              "grad_steps_per_epoch": 3, "targets_per_step": 2, "train_batch_size": 4,
-              "n_sde_steps": 6, "max_grad_norm": 150.0},
-}
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny_run_config):
     run = tmp_path_factory.mktemp("chem_api") / "run"
-    rec = train_run(load_config(TINY), run, progress=False, log=lambda *a: None)
+    rec = train_run(load_config(tiny_run_config), run, progress=False, log=lambda *a: None)
     assert [r.get("stage") for r in rec["history"]] == ["warm-up", "warm-up", None]
     assert all(math.isfinite(r["loss"]) for r in rec["history"])
     return run
@@ -127,7 +115,7 @@ def test_conformers_cli_bad_input_and_rerun(run_dir, tmp_path, capsys, monkeypat
     assert not (tmp_path / "n").exists()
 
 
-def test_diagnostics_and_callback(tmp_path):
+def test_diagnostics_and_callback(tmp_path, tiny_run_config):
     m = mol_from_smiles("CCCC", "butane")
     ref = reference_geometry(m)
     good = conformer_diagnostics(m, m.embed(8, seed=3), ref)
@@ -135,7 +123,7 @@ def test_diagnostics_and_callback(tmp_path):
     assert good["angle_mae_deg"] < 6 and good["energy_median"] < 30
     noise = conformer_diagnostics(m, torch.randn(8, m.n_atoms, 3), ref)
     assert noise["broken_bond_fraction"] > 0.5 and noise["bond_mae"] > 0.3
-    cfg = dict(TINY, train=dict(TINY["train"], n_epochs=3))
+    cfg = dict(tiny_run_config, train=dict(tiny_run_config["train"], n_epochs=3))
     tr = build_trainer(load_config(cfg))
     rows = tr.fit(callback=DiagnosticsCallback(targets=[0, 1], every=2, n_samples=4))
     assert "diag/CCO/bond_mae" in rows[0] and "diag/CCO/bond_mae" not in rows[2]

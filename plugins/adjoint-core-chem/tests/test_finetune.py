@@ -18,23 +18,11 @@ from adjoint_core.app.config import load_config
 from adjoint_core.app.run import train_run
 from adjoint_core.plugins.registry import ConfigError
 
-TINY = {
-    "seed": 0,
-    "problem": {"name": "molecules", "smiles": ["CCO", "CCCN"]},
-    "schedule": {"name": "geometric", "sigma_min": 0.001, "sigma_max": 1.0},
-    "model": {"name": "molecular_egnn", "hidden": 8, "n_layers": 2, "time_dim": 4,
-              "precondition": True, "data_scale": 0.5},
-    "buffer": {"name": "fifo", "capacity": 16},
-    "train": {"n_epochs": 3, "warmup_epochs": 2, "targets_per_epoch": 2, "samples_per_epoch": 4,
-              "grad_steps_per_epoch": 3, "targets_per_step": 2, "train_batch_size": 4,
-              "n_sde_steps": 6, "max_grad_norm": 150.0},
-}
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny_run_config):
     run = tmp_path_factory.mktemp("finetune") / "run"
-    train_run(load_config(TINY), run, progress=False, log=lambda *a: None)
+    train_run(load_config(tiny_run_config), run, progress=False, log=lambda *a: None)
     return run
 
 

@@ -20,23 +20,13 @@ from adjoint_core.app.config import load_config
 from adjoint_core.app.run import load_run, train_run
 from adjoint_core.plugins.registry import ConfigError
 
-TINY_EMA = {
-    "seed": 0,
-    "problem": {"name": "molecules", "smiles": ["CCO", "CCCN"]},
-    "schedule": {"name": "geometric", "sigma_min": 0.001, "sigma_max": 1.0},
-    "model": {"name": "molecular_egnn", "hidden": 8, "n_layers": 2, "time_dim": 4,
-              "precondition": True, "data_scale": 0.5},
-    "buffer": {"name": "fifo", "capacity": 16},
-    "train": {"n_epochs": 3, "warmup_epochs": 1, "targets_per_epoch": 2, "samples_per_epoch": 4,
-              "grad_steps_per_epoch": 3, "targets_per_step": 2, "train_batch_size": 4,
-              "n_sde_steps": 6, "max_grad_norm": 150.0, "ema_decay": 0.5},
-}
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, tiny_run_config):
     run = tmp_path_factory.mktemp("pretrained") / "run"
-    rec = train_run(load_config(TINY_EMA), run, progress=False, log=lambda *a: None)
+    cfg = dict(tiny_run_config, train=dict(tiny_run_config["train"], warmup_epochs=1,
+                                           ema_decay=0.5))  # EMA weights are what export keeps
+    rec = train_run(load_config(cfg), run, progress=False, log=lambda *a: None)
     assert all(math.isfinite(r["loss"]) for r in rec["history"])
     return run
 
