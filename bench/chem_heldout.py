@@ -11,6 +11,7 @@ before coverage means anything: bond MAE at most 0.02 Å, median MMFF energy at 
 
     OMP_NUM_THREADS=1 python bench/chem_heldout.py [--run RUN] --molecules 12 --k 32 \\
         --out bench/results/chem_heldout.json
+    OMP_NUM_THREADS=1 python bench/chem_heldout.py --smiles SMILES --k 16   # any molecule
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--run", default=None, help="run or exported model (default: shipped)")
+    p.add_argument("--smiles", action="append", default=None,
+                   help="check these SMILES instead of the SPICE test list (repeatable)")
     p.add_argument("--molecules", type=int, default=12)
     p.add_argument("--offset", type=int, default=0, help="skip this many test molecules")
     p.add_argument("--k", type=int, default=32, help="conformers per molecule")
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = load_conformer_run(a.run)
     n_steps = a.n_sde_steps or trainer.settings.n_sde_steps
     rows = []
-    test = read_smiles_file(str(packaged_smiles_path("spice_test")))[a.offset:]
+    test = ([(smi, smi) for smi in a.smiles] if a.smiles else
+            read_smiles_file(str(packaged_smiles_path("spice_test")))[a.offset:])
     for name, smi in test:
         if len(rows) >= a.molecules:
             break
