@@ -152,7 +152,7 @@ def load_checkpoint(path: str | Path, expected_config: dict | None = None,
     Args:
         path: Checkpoint file.
         expected_config: If given, the stored config's ``sections`` must match (apart from
-            :data:`RUNTIME_KEYS`).
+            ``RUNTIME_KEYS``).
         map_location: Passed to :func:`torch.load`.
         sections: The config sections compared with ``expected_config``.
 

@@ -52,9 +52,9 @@ from adjoint_core.app.cli import arg_int
 from adjoint_core.plugins.registry import ConfigError
 
 from .molecule import Molecule, MoleculeError, mol_from_rdkit, mol_from_smiles, read_smiles_file
-from .pretrained import NO_DEFAULT_MODEL, is_model_dir, load_model
+from .pretrained import is_model_dir, load_model
 
-__all__ = ["MAX_ATOMS", "NO_DEFAULT_MODEL", "check_molecule", "parse_molecule",
+__all__ = ["MAX_ATOMS", "check_molecule", "parse_molecule",
            "load_conformer_run", "importance_weights", "weighted_conformers",
            "generate_conformers", "to_ase", "run_conformers_command"]
 
@@ -136,8 +136,9 @@ def load_conformer_run(run: str | Path | None, device: str | None = None):
 
     Raises:
         ConfigError: ``run`` is ``None`` and the shipped model is not installed (the message,
-            :data:`NO_DEFAULT_MODEL`, says how to train and export one), not a run or model
-            directory, or a problem that cannot make targets for new molecules.
+            :data:`~adjoint_core_chem.pretrained.NO_DEFAULT_MODEL`, says how to train and
+            export one), not a run or model directory, or a problem that cannot make targets
+            for new molecules.
     """
     from adjoint_core.app.run import load_run
 

@@ -72,20 +72,17 @@ class EnergyWorkerError(RuntimeError):
 
 
 class WorkerSpec(NamedTuple):
-    """Everything a worker needs to rebuild one molecule's energy (hashable, picklable).
+    """Everything a worker needs to rebuild one molecule's energy (hashable, picklable)."""
 
-    Attributes:
-        kind: ``"mmff"`` or ``"xtb"``.
-        name: The molecule's name (for messages).
-        mol_binary: The RDKit molecule with explicit hydrogens (``Chem.Mol.ToBinary()``),
-            which keeps the atom order, aromaticity and charges.
-        options: The energy's keyword options as sorted ``(name, value)`` pairs (e.g.
-            ``(("variant", "MMFF94"),)``).
-    """
-
+    #: ``"mmff"`` or ``"xtb"``.
     kind: str
+    #: The molecule's name (for messages).
     name: str
+    #: The RDKit molecule with explicit hydrogens (``Chem.Mol.ToBinary()``), which keeps the
+    #: atom order, aromaticity and charges.
     mol_binary: bytes
+    #: The energy's keyword options as sorted ``(name, value)`` pairs (e.g.
+    #: ``(("variant", "MMFF94"),)``).
     options: tuple[tuple[str, Any], ...]
 
 
