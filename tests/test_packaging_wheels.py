@@ -162,3 +162,11 @@ def test_wheels_install_adjoint_core_chem_into_a_clean_venv(tmp_path):
     assert metrics["counters"]["epoch"] == 2
     assert metrics["counters"]["energy_evals"] == 32
     phase("2-epoch MMFF run of ethanol")
+
+    # the conformer model ships in the wheel and is the default of `conformers`
+    _run([venv / "bin" / "adjoint-core", "conformers", "--smiles", "CCO", "--num-conformers",
+          "2", "--n-sde-steps", "5", "--out", tmp_path / "confs"], cwd=tmp_path)
+    summary = json.loads((tmp_path / "confs" / "summary.json").read_text())
+    assert [w["n_conformers"] for w in summary["written"]] == [2]
+    assert "spice_egnn" in str(summary.get("model", "")), summary.get("model")
+    phase("conformers with the shipped model")
