@@ -38,8 +38,10 @@ This module is not imported by ``import adjoint_core``; import it explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -50,6 +52,7 @@ from adjoint_core.problem.schedules import NoiseSchedule
 from adjoint_core.problem.spaces import EuclideanSpace, PeriodicSpace, StateSpace
 
 __all__ = [
+    "CLEAN_ERROR",
     "SYMMETRIES",
     "assert_energy_gradient",
     "assert_energy_invariant",
@@ -58,6 +61,7 @@ __all__ = [
     "check_model_contract",
     "check_space_contract",
     "random_orthogonal",
+    "run_cli",
 ]
 
 #: Names of the transformations the symmetry checks understand: ``rotation`` (a random proper
@@ -69,6 +73,28 @@ __all__ = [
 SYMMETRIES = ("rotation", "reflection", "translation", "permutation", "periodic")
 
 _PARTICLE_SYMMETRIES = ("rotation", "reflection", "translation", "permutation")
+
+#: The shape of a clean command-line error (the CLI's contract, ``docs/cli.md``): one line
+#: ``error: <field or argument>: <rest>``.
+CLEAN_ERROR = re.compile(r"error: [^:\s][^:]*: .+")
+
+
+def run_cli(argv: Sequence[str]) -> tuple[int, str, str]:
+    """Run ``adjoint-core ARGV`` in-process (plugin commands included).
+
+    Returns:
+        ``(status, stdout, stderr)``; argparse's exits give their status (1 for a non-integer
+        exit code).
+    """
+    from adjoint_core.app.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = main(list(argv))
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+    return status, out.getvalue(), err.getvalue()
 
 
 # ---------------------------------------------------------------------------- shared helpers

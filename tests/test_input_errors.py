@@ -11,11 +11,9 @@ chemistry commands are covered in the chemistry plugin's tests.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
-import re
 import tempfile
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from adjoint_core.app.cli import main
+from adjoint_core.testing import CLEAN_ERROR, run_cli
 
 TINY = {
     "seed": 0,
@@ -39,19 +37,8 @@ TINY = {
     "eval": {"n_samples": 8, "geometric_samples": 2},
 }
 
-#: A clean error: one line, ``error: <field or argument>: <rest>``.
-CLEAN = re.compile(r"error: [^:\s][^:]*: .+")
+CLEAN = CLEAN_ERROR
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``main(argv)`` in-process: ``(status, stdout, stderr)`` (argparse's exits included)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(argv)
-        except SystemExit as exc:
-            status = exc.code if isinstance(exc.code, int) else 1
-    return status, out.getvalue(), err.getvalue()
 
 
 def error_line(status: int, err: str, expected_status: int = 2) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import io
 import json
 import os
 import signal
@@ -33,8 +32,9 @@ import yaml
 from adjoint_core import MLP, AdjointSampler, Energy, EuclideanSpace, GeometricSchedule
 from adjoint_core.app import checkpoint as checkpoint_module
 from adjoint_core.app.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
-from adjoint_core.app.cli import EXIT_DIVERGED, EXIT_FAILED, EXIT_PREEMPTED, EXIT_USAGE, main
+from adjoint_core.app.cli import EXIT_DIVERGED, EXIT_FAILED, EXIT_PREEMPTED, EXIT_USAGE
 from adjoint_core.app.run import LOCK_FILE
+from adjoint_core.testing import run_cli
 from adjoint_core.training.trainer import Trainer, TrainingDiverged
 
 CFG = {
@@ -50,13 +50,6 @@ CFG = {
     "checkpoint_every": 1,
 }
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    """``main(argv)`` in-process: ``(status, stdout, stderr)``."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = main(argv)
-    return status, out.getvalue(), err.getvalue()
 
 
 def one_line(err: str, prefix: str = "error: ") -> str:

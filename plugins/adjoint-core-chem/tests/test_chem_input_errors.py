@@ -8,26 +8,13 @@ Each bad argument, file or config is given in-process through
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
-
 import pytest
 import yaml
 
-from adjoint_core.app.cli import main
+from adjoint_core.testing import CLEAN_ERROR, run_cli
 
-CLEAN = re.compile(r"error: [^:\s][^:]*: .+")
+CLEAN = CLEAN_ERROR
 
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(argv)
-        except SystemExit as exc:
-            status = exc.code
-    return status, out.getvalue(), err.getvalue()
 
 
 def error_line(status: int, err: str, expected: int = 2) -> str:

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
-
 import pytest
 import yaml
 
-from adjoint_core.app.cli import main
+from adjoint_core.testing import CLEAN_ERROR, run_cli
 
 pytest.importorskip("adjoint_core_chem.torsion")
 
-CLEAN = re.compile(r"error: [^:\s][^:]*: .+")
+CLEAN = CLEAN_ERROR
 
 
 def _config(**problem) -> dict:
@@ -41,13 +37,7 @@ def test_torsion_train_bad_inputs(tmp_path, problem, args, fragment):
         cfg.write_text(yaml.safe_dump(_config(**problem)))
     fill = {"cfg": str(cfg), "missing": str(cfg)}
     argv = ["torsion-train", str(cfg), "--out", str(tmp_path / "run"), "--no-progress"]
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(argv + [a % fill for a in args])
-        except SystemExit as exc:
-            status = exc.code
-    err = err.getvalue()
+    status, _, err = run_cli(argv + [a % fill for a in args])
     assert status == 2 and "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert [line for line in lines if line.startswith("error: ")] == [lines[-1]], err

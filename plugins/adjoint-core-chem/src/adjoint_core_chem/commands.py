@@ -147,21 +147,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    import json
+    from .pretrained import export_model, read_json_object
 
-    from .pretrained import export_model
-
-    card = None
-    if args.card:
-        p = Path(args.card)
-        try:
-            card = json.loads(p.read_text())
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"--card: {args.card}: cannot be read as JSON ({exc}); give a "
-                              "JSON file holding an object") from None
-        if not isinstance(card, dict):
-            raise ConfigError(f"--card: {args.card}: holds a JSON {type(card).__name__}; give "
-                              "a JSON object")
+    card = (read_json_object(args.card, "--card", "give a JSON file holding an object")
+            if args.card else None)
     dest = export_model(args.run_dir, args.out, card)
     size = (dest / "model.pt").stat().st_size
     print(f"exported {args.run_dir} -> {dest} (model.pt {size / 1e6:.2f} MB); use it with "

@@ -91,16 +91,25 @@ def read_card(path: str | Path) -> dict:
     Raises:
         ConfigError: Missing or not a JSON object.
     """
-    file = Path(path) / "card.json"
+    return read_json_object(Path(path) / "card.json", "model",
+                            "export the model again with adjoint-core chem-export")
+
+
+def read_json_object(file: str | Path, field: str, hint: str) -> dict:
+    """A JSON file holding an object.
+
+    Raises:
+        ConfigError: ``<field>: <file>: <what is wrong>; <hint>`` when the file cannot be read
+            as JSON or holds something else than an object.
+    """
     try:
-        card = json.loads(file.read_text())
+        value = json.loads(Path(file).read_text())
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"model: {file}: cannot be read as JSON ({exc}); export the model "
-                          "again with adjoint-core chem-export") from None
-    if not isinstance(card, dict):
-        raise ConfigError(f"model: {file}: not a JSON object; export the model again with "
-                          "adjoint-core chem-export")
-    return card
+        raise ConfigError(f"{field}: {file}: cannot be read as JSON ({exc}); {hint}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{field}: {file}: holds a JSON {type(value).__name__}, not an "
+                          f"object; {hint}")
+    return value
 
 
 def _slim_config(config: dict) -> tuple[dict, dict]:
