@@ -1,5 +1,5 @@
 # Every target first creates/refreshes .venv (scripts/bootstrap.sh) with the core and all plugins.
-.PHONY: venv demo test lint docs clean
+.PHONY: venv demo test lint docs clean chem-model
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -22,6 +22,13 @@ test: venv
 docs: venv
 	OMP_NUM_THREADS=1 .venv/bin/python -m sphinx -W --keep-going -E -q -b html docs docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
+
+## Retrain the conformer model that ships with adjoint-core-chem on one CPU thread (~64 min;
+## examples/chem_spice_cpu.yaml) and export it to models/spice_egnn (copy that folder over
+## adjoint_core_chem/data/models/spice_egnn to ship it).
+chem-model: venv
+	OMP_NUM_THREADS=1 .venv/bin/adjoint-core train examples/chem_spice_cpu.yaml --out runs/chem_spice_cpu
+	.venv/bin/adjoint-core chem-export runs/chem_spice_cpu --out models/spice_egnn
 
 lint: venv
 	.venv/bin/ruff check .

@@ -12,6 +12,8 @@ before coverage means anything: bond MAE at most 0.02 Å, median MMFF energy at 
     OMP_NUM_THREADS=1 python bench/chem_heldout.py [--run RUN] --molecules 12 --k 32 \\
         --out bench/results/chem_heldout.json
     OMP_NUM_THREADS=1 python bench/chem_heldout.py --smiles SMILES --k 16   # any molecule
+    OMP_NUM_THREADS=1 python bench/chem_heldout.py --smiles-file bench/data/drugs_50_100.smi \
+        --molecules 17 --k 16 --out bench/results/chem_heldout_drugs.json   # 52-99 atoms
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--run", default=None, help="run or exported model (default: shipped)")
     p.add_argument("--smiles", action="append", default=None,
                    help="check these SMILES instead of the SPICE test list (repeatable)")
+    p.add_argument("--smiles-file", default=None,
+                   help="check the molecules of this SMILES file (lines 'SMILES name'; e.g. "
+                        "bench/data/drugs_50_100.smi) instead of the SPICE test list")
     p.add_argument("--molecules", type=int, default=12)
     p.add_argument("--offset", type=int, default=0, help="skip this many test molecules")
     p.add_argument("--k", type=int, default=32, help="conformers per molecule")
@@ -47,8 +52,12 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = load_conformer_run(a.run)
     n_steps = a.n_sde_steps or trainer.settings.n_sde_steps
     rows = []
-    test = ([(smi, smi) for smi in a.smiles] if a.smiles else
-            read_smiles_file(str(packaged_smiles_path("spice_test")))[a.offset:])
+    if a.smiles:
+        test = [(smi, smi) for smi in a.smiles]
+    elif a.smiles_file:
+        test = read_smiles_file(a.smiles_file)[a.offset:]
+    else:
+        test = read_smiles_file(str(packaged_smiles_path("spice_test")))[a.offset:]
     for name, smi in test:
         if len(rows) >= a.molecules:
             break

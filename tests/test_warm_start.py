@@ -125,3 +125,44 @@ def test_resume_takes_precedence_over_init_from(source_run, reference, tmp_path)
     # the first epoch's weights were the starting point, not the source run's again
     assert [e["tag"] for e in rec["evaluations"]] == ["warm-start", "final", "final"]
     assert any(not torch.equal(after_one[k], v) for k, v in _model_state(run).items())
+
+
+def _export(run, folder, card: dict | None = None):
+    """An exported model directory: the run's config and its network's state dict."""
+    import yaml
+
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text((run / "config.yaml").read_text())
+    torch.save(_model_state(run), folder / "model.pt")
+    if card is not None:
+        (folder / "card.json").write_text(json.dumps(card))
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def test_warm_start_from_an_exported_model_directory(source_run, reference, tmp_path):
+    _export(source_run, tmp_path / "model", card={"epochs": 3, "grad_steps": 12,
+                                                  "energy_evals": 30, "timers_s": {"train": 1.5}})
+    rec = _train(_fine_tune(tmp_path / "model", reference), tmp_path / "ft")
+    src, new = _model_state(source_run), _model_state(tmp_path / "ft")
+    for k in src:
+        torch.testing.assert_close(new[k], src[k], atol=1e-7, rtol=0)
+    assert rec["init_from"]["path"] == str(tmp_path / "model" / "model.pt")
+    assert rec["init_from"]["counters"] == {"epoch": 3, "grad_steps": 12, "energy_evals": 30}
+    assert rec["init_from"]["timers"] == {"train": 1.5}
+    # the same weights from the checkpoint: the same first evaluation
+    via_ckpt = _train(_fine_tune(source_run, reference), tmp_path / "ft2")
+    assert rec["evaluations"][0]["energy_w2"] == via_ckpt["evaluations"][0]["energy_w2"]
+
+
+def test_exported_model_with_another_network_or_problem_is_refused(source_run, tmp_path):
+    cfg = _export(source_run, tmp_path / "model")
+    cfg["model"]["hidden"] = 16
+    import yaml
+
+    (tmp_path / "model" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(CheckpointError, match=r"init_from: .*model\.pt: was made with another "
+                                              r"configuration \(model: checkpoint"):
+        _train(_fine_tune(tmp_path / "model"), tmp_path / "ft")
+    (tmp_path / "model" / "model.pt").write_bytes(b"not a state dict")
+    with pytest.raises(CheckpointError, match=r"init_from: .*model: cannot read the exported"):
+        _train(_fine_tune(tmp_path / "model"), tmp_path / "ft")

@@ -24,6 +24,7 @@ import torch
 __all__ = [
     "COMPONENT_SECTIONS", "save_checkpoint", "load_checkpoint", "environment_versions",
     "CheckpointError", "CheckpointWriteError", "atomic_write", "atomic_write_text",
+    "RUNTIME_KEYS", "without_runtime_keys",
 ]
 
 FORMAT_VERSION = 2
@@ -138,7 +139,8 @@ COMPONENT_SECTIONS = ("energy", "space", "problem", "schedule", "model", "buffer
 RUNTIME_KEYS = ("energy_workers",)
 
 
-def _without_runtime_keys(section: Any) -> Any:
+def without_runtime_keys(section: Any) -> Any:
+    """A config section without its :data:`RUNTIME_KEYS` (non-dict sections unchanged)."""
     if isinstance(section, dict):
         return {k: v for k, v in section.items() if k not in RUNTIME_KEYS}
     return section
@@ -176,8 +178,8 @@ def load_checkpoint(path: str | Path, expected_config: dict | None = None,
         )
     if expected_config is not None:
         stored = payload.get("config", {})
-        diff = [k for k in sections if _without_runtime_keys(stored.get(k))
-                != _without_runtime_keys(expected_config.get(k))]
+        diff = [k for k in sections if without_runtime_keys(stored.get(k))
+                != without_runtime_keys(expected_config.get(k))]
         if diff:
             details = "; ".join(f"{k}: checkpoint {stored.get(k)} vs config "
                                 f"{expected_config.get(k)}" for k in diff)

@@ -51,10 +51,12 @@ import torch
 import yaml
 
 from adjoint_core.app.checkpoint import (
+    CheckpointError,
     CheckpointWriteError,
     atomic_write_text,
     load_checkpoint,
     save_checkpoint,
+    without_runtime_keys,
 )
 from adjoint_core.app.config import RunConfig, build_components, load_config
 from adjoint_core.evaluation import metrics
@@ -479,24 +481,76 @@ def train_run(
 
 def _init_checkpoint(cfg: RunConfig, cfg_dict: dict, config_dir: Path | None
                      ) -> tuple[Path, dict]:
-    """Load the checkpoint named by ``init_from`` (a run directory or a file).
+    """Load the weights named by ``init_from``.
+
+    ``init_from`` is a run directory (its ``checkpoints/latest.pt``), a checkpoint file, or an
+    exported model directory (``model.pt``, the network's state dict, beside the
+    ``config.yaml`` it was trained with; e.g. what ``adjoint-core chem-export`` writes). The
+    source's ``energy``, ``space`` and ``model`` sections must equal the config's and its
+    problem must have the same ``name``; the problem's other fields (e.g. the molecules of an
+    amortized run) may differ.
 
     Returns:
-        The resolved checkpoint path and the sampler state stored in it.
+        The resolved path and the sampler state to warm-start from (``"model"`` weights,
+        ``"counters"`` and ``"timers"`` of the source run; an exported model's counters are
+        those recorded in its ``card.json``, if any).
 
     Raises:
-        ConfigError: The path names neither a checkpoint file nor a run directory with one.
-        CheckpointError: Unreadable, or made with another energy, space or model.
+        ConfigError: The path names no checkpoint file, run directory or exported model.
+        CheckpointError: Unreadable, or made with another energy, space, problem or model.
     """
     path = resolve_path(cfg.init_from, config_dir)
-    if path.is_dir():
+    exported = path.is_dir() and not (path / "checkpoints" / "latest.pt").is_file() and \
+        (path / "model.pt").is_file() and (path / "config.yaml").is_file()
+    if path.is_dir() and not exported:
         path = path / "checkpoints" / "latest.pt"
-    if not path.is_file():
+    if not path.is_file() and not exported:
         raise ConfigError(f"init_from: {cfg.init_from!r}: no checkpoint at {path}; give a run "
-                          "directory with checkpoints/latest.pt or a .pt file")
-    payload = load_checkpoint(path, expected_config=cfg_dict,
-                              sections=("energy", "space", "problem", "model"))
-    return path, payload["state"]
+                          "directory with checkpoints/latest.pt, a .pt checkpoint file or an "
+                          "exported model directory (model.pt and config.yaml)")
+    if exported:
+        stored, state = _exported_weights(path)
+        path = path / "model.pt"
+    else:
+        payload = load_checkpoint(path)
+        stored, state = payload.get("config", {}), payload["state"]
+    sections = ("energy", "space", "model")
+    diff = [k for k in sections if without_runtime_keys(stored.get(k))
+            != without_runtime_keys(cfg_dict.get(k))]
+    name = (stored.get("problem") or {}).get("name"), (cfg_dict.get("problem") or {}).get("name")
+    if name[0] != name[1]:
+        diff.append("problem")
+    if diff:
+        details = "; ".join(f"{k}: checkpoint {stored.get(k)} vs config {cfg_dict.get(k)}"
+                            for k in diff)
+        raise CheckpointError(f"init_from: {path}: was made with another configuration "
+                              f"({details}); warm-start from a run of the same energy, space, "
+                              "problem and model")
+    return path, state
+
+
+def _exported_weights(folder: Path) -> tuple[dict, dict]:
+    """``(config, state)`` of an exported model directory (see :func:`_init_checkpoint`)."""
+    try:
+        stored = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        weights = torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        detail = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"init_from: {folder}: cannot read the exported model "
+                              f"({detail})") from exc
+    if not isinstance(stored, dict) or not isinstance(weights, dict):
+        raise CheckpointError(f"init_from: {folder}: config.yaml must hold a mapping and "
+                              "model.pt a state dict")
+    card = {}
+    if (folder / "card.json").is_file():
+        try:
+            card = json.loads((folder / "card.json").read_text())
+        except (ValueError, UnicodeDecodeError):
+            card = {}
+    counters = {"epoch": int(card.get("epochs", 0)), "grad_steps": int(card.get("grad_steps", 0)),
+                "energy_evals": int(card.get("energy_evals", 0))}
+    timers = {k: float(v) for k, v in (card.get("timers_s") or {}).items()}
+    return stored, {"model": weights, "counters": counters, "timers": timers}
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:

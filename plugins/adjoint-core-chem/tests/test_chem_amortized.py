@@ -77,6 +77,39 @@ def test_model_equivariance_and_any_size():
         net(t, x)
 
 
+def test_local_messages_are_equivariant_and_ignore_far_atoms():
+    """``cutoff``: rotation / translation / permutation equivariant, and with one layer an atom
+    far from both atoms 0 and 1 (> 4 bonds, > cutoff) does not change their relative update."""
+    torch.manual_seed(0)
+    net = MolecularEGNN(hidden=16, n_layers=1, time_dim=4, cutoff=3.0).double()
+    for p in net.parameters():  # non-trivial coordinate weights (the init makes them ~1e-3)
+        torch.nn.init.normal_(p, std=0.3)
+    m = mol_from_smiles("CCCCCCCCCC")  # carbons 0-9 first, then hydrogens
+    ctx = m.context()
+    line = torch.zeros(m.n_atoms, 3, dtype=torch.float64)
+    line[:, 0] = 1.5 * torch.arange(m.n_atoms)  # a stretched chain: atoms 1.5 A apart
+    x = line + 0.1 * torch.randn(2, m.n_atoms, 3, dtype=torch.float64)
+    t = torch.rand(2, dtype=torch.float64)
+    out = net(t, x, ctx)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+    torch.testing.assert_close(net(t, x @ q.T - 2.0, ctx), out @ q.T)
+    perm = torch.randperm(m.n_atoms)
+    ctx_p = {"atom_features": ctx["atom_features"][perm],
+             "pair_features": ctx["pair_features"][perm][:, perm]}
+    torch.testing.assert_close(net(t, x[:, perm], ctx_p), out[:, perm])
+    far = 9  # carbon 9: 8-9 bonds from carbons 0 and 1, 12+ A away
+    moved = x.clone()
+    moved[:, far] += torch.tensor([0.0, 0.7, -0.4], dtype=torch.float64)
+    out_m = net(t, moved, ctx)
+    torch.testing.assert_close(out_m[:, 0] - out_m[:, 1], out[:, 0] - out[:, 1])
+    dense = MolecularEGNN(hidden=16, n_layers=1, time_dim=4).double()
+    dense.load_state_dict(net.state_dict())  # same weights, every pair: the far atom counts
+    a, b = dense(t, x, ctx), dense(t, moved, ctx)
+    assert not torch.allclose(a[:, 0] - a[:, 1], b[:, 0] - b[:, 1])
+    with pytest.raises(ValueError, match="cutoff must be > 0"):
+        MolecularEGNN(cutoff=0.0)
+
+
 def test_train_resume_and_conformers_cli(tmp_path, smiles_file, capsys):
     run = tmp_path / "run"
     rec = train_run(load_config(_config(smiles_file, n_epochs=2)), run, progress=False,
@@ -244,3 +277,32 @@ def test_packaged_spice_sets_load_by_name(tmp_path, monkeypatch):
 
     rows = read_smiles_file(str(packaged_smiles_path("spice_train")))
     assert len(rows) == 24_477 and all(smi for _, smi in rows[:100])
+
+
+def test_packaged_spice_sizes_is_what_its_script_makes(tmp_path):
+    """``spice_sizes`` (training molecules of every size to 100 atoms): 1000 SPICE-train and 1000
+    joined ones of 51-100 atoms, exactly as ``scripts/make_spice_sizes.py`` writes it."""
+    import gzip
+    import importlib.util
+    from pathlib import Path
+
+    from adjoint_core_chem.molecule import mol_from_smiles, read_smiles_file
+    from adjoint_core_chem.problem import packaged_smiles_path
+
+    script = Path(__file__).resolve().parents[3] / "scripts" / "make_spice_sizes.py"
+    if not script.is_file():
+        pytest.skip("scripts/ is not beside the installed plugin")
+    spec = importlib.util.spec_from_file_location("make_spice_sizes", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    made = module.main(["--out", str(tmp_path / "sizes.tsv.gz")])
+    shipped = packaged_smiles_path("spice_sizes")
+    assert gzip.open(made, "rt").read() == gzip.open(shipped, "rt").read()
+    text = gzip.open(shipped, "rt").read().splitlines()
+    assert text[0].split("\t") == ["Rotatable_Bonds", "SMILES", "name", "source"]
+    assert sum(ln.endswith("\tjoined") for ln in text) == 1000
+    rows = read_smiles_file(str(shipped))
+    assert len(rows) == 2000 and len({s for _, s in rows}) == 2000
+    joined = [(n, s) for (n, s), ln in zip(rows, text[1:], strict=True) if ln.endswith("\tjoined")]
+    for name, smi in joined[:20]:  # parse as single neutral molecules of 51-100 atoms
+        assert 51 <= mol_from_smiles(smi, name).n_atoms <= 100

@@ -143,3 +143,20 @@ def test_export_and_conformers_commands(run_dir, model_dir, tmp_path, capsys, mo
     summary = json.loads((out2 / "summary.json").read_text())
     assert summary["run_dir"] is None and summary["model"] == str(model_dir)
     assert [d["name"] for d in summary["written"]] == ["CCCO"]
+
+
+def test_warm_start_on_other_molecules_from_an_exported_model(model_dir, tiny_run_config,
+                                                              tmp_path):
+    """``init_from: MODEL_DIR`` continues an exported model on another molecule set (as
+    bench/configs/chem_spice_sizes_cpu.yaml continues the shipped model)."""
+    cfg = dict(tiny_run_config, init_from=str(model_dir),
+               problem=dict(tiny_run_config["problem"], smiles=["CC(=O)O", "c1ccccc1O"]),
+               train=dict(tiny_run_config["train"], n_epochs=1, warmup_epochs=1, lr=1e-12))
+    rec = train_run(load_config(cfg), tmp_path / "ft", progress=False, log=lambda *a: None)
+    assert rec["init_from"]["path"] == str(model_dir / "model.pt")
+    assert rec["init_from"]["counters"]["epoch"] == 3  # the card's epochs of the source run
+    src = torch.load(model_dir / "model.pt", weights_only=True)
+    new = torch.load(tmp_path / "ft" / "checkpoints" / "latest.pt",
+                     weights_only=True)["state"]["model"]
+    for k, v in src.items():
+        torch.testing.assert_close(new[k], v, atol=1e-8, rtol=0)

@@ -20,6 +20,13 @@ control must reach the clipped adjoint's magnitude (up to ``max_grad_norm`` per 
 output ``x_L − x`` minus its centre of mass is translation invariant and rotation / reflection /
 permutation equivariant (permuting the context with the atoms).
 
+With ``cutoff`` (Å) the messages are local: ``m_ij`` is multiplied by
+``w_ij = max(b_ij, ½(1 + cos(π d_ij / cutoff)))`` (the second term 0 beyond ``cutoff``), with
+``b_ij = 1`` for atoms at most :data:`~adjoint_core_chem.molecule.MAX_TOPO` bonds apart and
+``d_ij`` the current distance, so that an atom's update sums over a neighbourhood whose size
+does not grow with the molecule (bonded terms up to torsions, contacts within ``cutoff``).
+Without it every pair exchanges messages.
+
 The network is *dense*: one molecule per call, pair tensors of shape ``(batch, N, N, hidden)``
 (cheap for the 10-70 atoms of drug-like molecules; batches are chunked by
 ``max_pair_elements``). The size ``N`` is read from ``x`` and the context, so one network
@@ -35,7 +42,7 @@ from torch import nn
 from adjoint_core.problem.models import FourierTimeEmbedding, Model
 from adjoint_core.problem.spaces import StateSpace
 
-from .molecule import N_ATOM_FEATURES, N_PAIR_FEATURES
+from .molecule import MAX_TOPO, N_ATOM_FEATURES, N_PAIR_FEATURES
 
 __all__ = ["MolecularEGNN"]
 
@@ -57,10 +64,18 @@ class _Layer(nn.Module):
         self.node_mlp = (nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(),
                                        nn.Linear(hidden, hidden)) if update_nodes else None)
 
-    def forward(self, h, pos, sq0, pair, mask):
-        """``h (B,N,H)``, ``pos (B,N,3)``, ``sq0 (B,N,N,1)``, ``pair (N,N,H)``, ``mask (N,N,1)``."""
+    def forward(self, h, pos, sq0, pair, mask, bonded=None, cutoff=None):
+        """One layer: ``h (B,N,H)``, ``pos (B,N,3)``, ``sq0 (B,N,N,1)``, ``pair (N,N,H)``.
+
+        ``mask (N,N,1)`` removes the diagonal; with ``cutoff`` it is multiplied by the local
+        weights (``bonded (N,N,1)`` or the distance envelope).
+        """
         diff = pos[:, :, None, :] - pos[:, None, :, :]
         sq = diff.square().sum(-1, keepdim=True)
+        if cutoff is not None:
+            d = torch.sqrt(sq + _EPS)
+            env = 0.5 * (1.0 + torch.cos(torch.pi * (d / cutoff).clamp(max=1.0)))
+            mask = mask * torch.maximum(env, bonded)
         hi, hj = self.node_in(h).chunk(2, dim=-1)
         pre = hi[:, :, None, :] + hj[:, None, :, :] + self.geo(torch.cat([sq, sq0], -1))
         pre = pre + self.pair(pair)
@@ -82,6 +97,8 @@ class MolecularEGNN(Model):
         time_dim: Width of the sinusoidal time embedding (even, > 0), concatenated with ``t``.
         max_pair_elements: Chunk the batch so that one pair tensor holds at most this many
             numbers (only speed and memory change).
+        cutoff: ``None`` (every pair exchanges messages) or the contact radius in Å of local
+            messages (see the module docstring); must be > 0.
 
     Shapes:
         ``t``: ``(batch,)``; ``x``: ``(batch, N, 3)``; context ``atom_features``
@@ -90,8 +107,11 @@ class MolecularEGNN(Model):
     """
 
     def __init__(self, hidden: int = 64, n_layers: int = 4, time_dim: int = 16,
-                 max_pair_elements: int = 2**22) -> None:
+                 max_pair_elements: int = 2**22, cutoff: float | None = None) -> None:
         super().__init__()
+        if cutoff is not None and not cutoff > 0:
+            raise ValueError(f"MolecularEGNN cutoff must be > 0 (Å) or None, got {cutoff}")
+        self.cutoff = None if cutoff is None else float(cutoff)
         if hidden < 1 or n_layers < 1:
             raise ValueError(f"MolecularEGNN needs hidden >= 1 and n_layers >= 1, got "
                              f"{hidden}, {n_layers}")
@@ -132,19 +152,22 @@ class MolecularEGNN(Model):
             t = t.expand(batch)
         pair = self.pair_embed(pf)
         mask = (1.0 - torch.eye(n, device=x.device, dtype=x.dtype))[..., None]
+        bonded = None
+        if self.cutoff is not None:  # at most MAX_TOPO bonds apart (not "further")
+            bonded = (1.0 - pf[..., 5 + MAX_TOPO:6 + MAX_TOPO]) * mask
         step = max(1, self.max_pair_elements // max(n * n * self.hidden, 1))
-        outs = [self._run(t[i:i + step], x[i:i + step], af, pair, mask)
+        outs = [self._run(t[i:i + step], x[i:i + step], af, pair, mask, bonded)
                 for i in range(0, batch, step)]
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
-    def _run(self, t, x, af, pair, mask):
+    def _run(self, t, x, af, pair, mask, bonded):
         b, n, _ = x.shape
         tf = torch.cat([t[:, None], self.time(t)], -1)
         h = self.embed(torch.cat([tf[:, None, :].expand(b, n, -1), af.expand(b, n, -1)], -1))
         sq0 = (x[:, :, None, :] - x[:, None, :, :]).square().sum(-1, keepdim=True)
         pos, disp = x, None
         for layer in self.layers:
-            h, dpos = layer(h, pos, sq0, pair, mask)
+            h, dpos = layer(h, pos, sq0, pair, mask, bonded, self.cutoff)
             pos = pos + dpos
             disp = dpos if disp is None else disp + dpos
         return disp - disp.mean(dim=1, keepdim=True)

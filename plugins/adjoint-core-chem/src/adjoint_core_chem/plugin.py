@@ -79,8 +79,8 @@ class BoundContextModel(Model):
 
 def molecular_egnn(smiles: str | None = None, hidden: int = 64, n_layers: int = 4,
                    time_dim: int = 16, precondition: bool = False, data_scale: float = 0.5,
-                   noise_floor: float = 0.0, space: StateSpace | None = None,
-                   schedule: NoiseSchedule | None = None
+                   noise_floor: float = 0.0, cutoff: float | None = None,
+                   space: StateSpace | None = None, schedule: NoiseSchedule | None = None
                    ) -> Model:
     """Registry factory: :class:`MolecularEGNN`, bound to the molecule ``smiles`` if given.
 
@@ -90,17 +90,19 @@ def molecular_egnn(smiles: str | None = None, hidden: int = 64, n_layers: int = 
     ``c(t)/r(t)`` of the run's schedule, data scale ``data_scale`` in Å; the warm-up and
     Adjoint Sampling losses are then weighted so that late times are trained, see
     ``docs/chem.md``); ``noise_floor`` (Å) floors the output scale ``c(t)``. Off by default.
+    ``cutoff`` (Å) makes the messages local (:class:`MolecularEGNN`); ``None``: all pairs.
     """
     if precondition and schedule is None:
         raise ValueError("model.precondition: true needs the run's schedule (build the model "
                          "through a run config)")
     if smiles is None:
-        net: Model = MolecularEGNN(hidden, n_layers, time_dim)
+        net: Model = MolecularEGNN(hidden, n_layers, time_dim, cutoff=cutoff)
         if space is not None:
             net.check_space(space)
     else:
         mol = _checked(smiles, space)
-        net = BoundContextModel(MolecularEGNN(hidden, n_layers, time_dim), mol.context())
+        net = BoundContextModel(MolecularEGNN(hidden, n_layers, time_dim, cutoff=cutoff),
+                                mol.context())
     if precondition:
         return PreconditionedControl(net, schedule, data_scale, noise_floor=noise_floor)
     return net

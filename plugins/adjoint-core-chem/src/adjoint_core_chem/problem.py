@@ -73,7 +73,8 @@ __all__ = ["PACKAGED_SMILES", "packaged_smiles_path", "select_molecules", "molec
 #: SMILES sets shipped with this package (SPICE, CC0; provenance in ``data/README.md``):
 #: name → file in the package's ``data/`` folder.
 PACKAGED_SMILES: dict[str, str] = {"spice_train": "spice_train.tsv.gz",
-                                   "spice_test": "spice_test.tsv"}
+                                   "spice_test": "spice_test.tsv",
+                                   "spice_sizes": "spice_sizes.tsv.gz"}
 
 
 def packaged_smiles_path(name: str) -> Path:
