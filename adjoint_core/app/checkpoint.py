@@ -15,7 +15,7 @@ import importlib.metadata as im
 import os
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,7 +24,7 @@ import torch
 __all__ = [
     "COMPONENT_SECTIONS", "save_checkpoint", "load_checkpoint", "environment_versions",
     "CheckpointError", "CheckpointWriteError", "atomic_write", "atomic_write_text",
-    "RUNTIME_KEYS", "without_runtime_keys",
+    "RUNTIME_KEYS", "config_mismatch",
 ]
 
 FORMAT_VERSION = 2
@@ -139,11 +139,22 @@ COMPONENT_SECTIONS = ("energy", "space", "problem", "schedule", "model", "buffer
 RUNTIME_KEYS = ("energy_workers",)
 
 
-def without_runtime_keys(section: Any) -> Any:
-    """A config section without its :data:`RUNTIME_KEYS` (non-dict sections unchanged)."""
+def _without_runtime_keys(section: Any) -> Any:
     if isinstance(section, dict):
         return {k: v for k, v in section.items() if k not in RUNTIME_KEYS}
     return section
+
+
+def config_mismatch(stored: dict, expected: dict, sections: Sequence[str]) -> str:
+    """The ``sections`` in which two configs differ (apart from :data:`RUNTIME_KEYS`).
+
+    Returns:
+        ``"<section>: checkpoint <stored> vs config <expected>; …"``, or ``""`` if they agree.
+    """
+    return "; ".join(f"{k}: checkpoint {stored.get(k)} vs config {expected.get(k)}"
+                     for k in sections
+                     if _without_runtime_keys(stored.get(k))
+                     != _without_runtime_keys(expected.get(k)))
 
 
 def load_checkpoint(path: str | Path, expected_config: dict | None = None,
@@ -177,12 +188,8 @@ def load_checkpoint(path: str | Path, expected_config: dict | None = None,
             f"(found format {payload.get('format') if isinstance(payload, dict) else '?'})"
         )
     if expected_config is not None:
-        stored = payload.get("config", {})
-        diff = [k for k in sections if without_runtime_keys(stored.get(k))
-                != without_runtime_keys(expected_config.get(k))]
-        if diff:
-            details = "; ".join(f"{k}: checkpoint {stored.get(k)} vs config "
-                                f"{expected_config.get(k)}" for k in diff)
+        details = config_mismatch(payload.get("config", {}), expected_config, sections)
+        if details:
             raise CheckpointError(f"checkpoint: {path}: was made with another configuration "
                                   f"({details}); use another run directory")
     return payload

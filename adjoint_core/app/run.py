@@ -54,9 +54,9 @@ from adjoint_core.app.checkpoint import (
     CheckpointError,
     CheckpointWriteError,
     atomic_write_text,
+    config_mismatch,
     load_checkpoint,
     save_checkpoint,
-    without_runtime_keys,
 )
 from adjoint_core.app.config import RunConfig, build_components, load_config
 from adjoint_core.evaluation import metrics
@@ -502,27 +502,25 @@ def _init_checkpoint(cfg: RunConfig, cfg_dict: dict, config_dir: Path | None
     path = resolve_path(cfg.init_from, config_dir)
     exported = path.is_dir() and not (path / "checkpoints" / "latest.pt").is_file() and \
         (path / "model.pt").is_file() and (path / "config.yaml").is_file()
-    if path.is_dir() and not exported:
-        path = path / "checkpoints" / "latest.pt"
-    if not path.is_file() and not exported:
-        raise ConfigError(f"init_from: {cfg.init_from!r}: no checkpoint at {path}; give a run "
-                          "directory with checkpoints/latest.pt, a .pt checkpoint file or an "
-                          "exported model directory (model.pt and config.yaml)")
     if exported:
         stored, state = _exported_weights(path)
         path = path / "model.pt"
     else:
+        if path.is_dir():
+            path = path / "checkpoints" / "latest.pt"
+        if not path.is_file():
+            raise ConfigError(f"init_from: {cfg.init_from!r}: no checkpoint at {path}; give a "
+                              "run directory with checkpoints/latest.pt, a .pt checkpoint file "
+                              "or an exported model directory (model.pt and config.yaml)")
         payload = load_checkpoint(path)
         stored, state = payload.get("config", {}), payload["state"]
-    sections = ("energy", "space", "model")
-    diff = [k for k in sections if without_runtime_keys(stored.get(k))
-            != without_runtime_keys(cfg_dict.get(k))]
-    name = (stored.get("problem") or {}).get("name"), (cfg_dict.get("problem") or {}).get("name")
-    if name[0] != name[1]:
-        diff.append("problem")
-    if diff:
-        details = "; ".join(f"{k}: checkpoint {stored.get(k)} vs config {cfg_dict.get(k)}"
-                            for k in diff)
+
+    def problem_name(config: dict) -> dict:  # only the problem's kind must match
+        return {**config, "problem": {"name": (config.get("problem") or {}).get("name")}}
+
+    details = config_mismatch(problem_name(stored), problem_name(cfg_dict),
+                              ("energy", "space", "problem", "model"))
+    if details:
         raise CheckpointError(f"init_from: {path}: was made with another configuration "
                               f"({details}); warm-start from a run of the same energy, space, "
                               "problem and model")

@@ -42,7 +42,7 @@ from torch import nn
 from adjoint_core.problem.models import FourierTimeEmbedding, Model
 from adjoint_core.problem.spaces import StateSpace
 
-from .molecule import MAX_TOPO, N_ATOM_FEATURES, N_PAIR_FEATURES
+from .molecule import FURTHER_PAIR_FEATURE, N_ATOM_FEATURES, N_PAIR_FEATURES
 
 __all__ = ["MolecularEGNN"]
 
@@ -153,8 +153,8 @@ class MolecularEGNN(Model):
         pair = self.pair_embed(pf)
         mask = (1.0 - torch.eye(n, device=x.device, dtype=x.dtype))[..., None]
         bonded = None
-        if self.cutoff is not None:  # at most MAX_TOPO bonds apart (not "further")
-            bonded = (1.0 - pf[..., 5 + MAX_TOPO:6 + MAX_TOPO]) * mask
+        if self.cutoff is not None:  # at most MAX_TOPO bonds apart
+            bonded = (1.0 - pf[..., FURTHER_PAIR_FEATURE:FURTHER_PAIR_FEATURE + 1]) * mask
         step = max(1, self.max_pair_elements // max(n * n * self.hidden, 1))
         outs = [self._run(t[i:i + step], x[i:i + step], af, pair, mask, bonded)
                 for i in range(0, batch, step)]

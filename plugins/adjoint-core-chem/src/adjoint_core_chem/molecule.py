@@ -36,6 +36,7 @@ from rdkit.Chem import AllChem
 
 __all__ = [
     "SUPPORTED_ELEMENTS", "ELEMENT_SYMBOLS", "N_ATOM_FEATURES", "N_PAIR_FEATURES", "MAX_TOPO",
+    "FURTHER_PAIR_FEATURE",
     "MoleculeError", "Molecule", "mol_from_smiles", "mol_from_rdkit", "read_smiles_file",
 ]
 
@@ -55,6 +56,8 @@ N_ATOM_FEATURES = len(SUPPORTED_ELEMENTS) + 2 + 4 + 3 + 1
 #: Width of :meth:`Molecule.pair_features`: bond type none/single/double/triple/aromatic (5),
 #: topological distance 1..MAX_TOPO and "further" (MAX_TOPO + 1), same ring (1).
 N_PAIR_FEATURES = 5 + MAX_TOPO + 1 + 1
+#: Index in :meth:`Molecule.pair_features` of the "more than :data:`MAX_TOPO` bonds apart" bin.
+FURTHER_PAIR_FEATURE = 5 + MAX_TOPO
 
 
 class MoleculeError(ValueError):
@@ -131,7 +134,7 @@ class Molecule:
             topo = Chem.GetDistanceMatrix(self.mol).astype(np.int64)
             topo = np.clip(topo, 0, MAX_TOPO + 1)
             onehot = np.eye(MAX_TOPO + 2, dtype=np.float32)[topo][..., 1:]
-            f[..., 5:5 + MAX_TOPO + 1] = onehot
+            f[..., 5:FURTHER_PAIR_FEATURE + 1] = onehot
             ring = np.zeros((n, n), dtype=np.float32)
             for r in self.mol.GetRingInfo().AtomRings():
                 idx = np.array(r)
